@@ -1,0 +1,241 @@
+"""Per-neuron running mean and variance: Lemma 3.2 of MEmeL (SPEC section 2)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+class NonFiniteStatisticsError(FloatingPointError):
+    """A batch with NaN or inf values reached a tap whose policy is ``nonfinite="raise"``."""
+
+
+def batch_moments(x: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-neuron sample count, mean and *sum of squared deviations* of ``x``.
+
+    ``x`` is ``(N, F)``: N samples of F neurons. ``mask`` (bool, ``(N, F)``) marks the
+    values that count. Returned in float32, each of shape ``(F,)``; a neuron with no
+    valid sample has count 0, mean 0 and M2 0. Two passes (mean, then deviations) so
+    that float32 keeps its precision when the mean is large compared to the spread.
+    """
+    x = x.float()
+    if mask is None:
+        n = torch.full((x.shape[1],), float(x.shape[0]), device=x.device)
+        mean = x.mean(0)
+        m2 = (x - mean).square_().sum(0)
+        return n, mean, m2
+    maskf = mask.float()
+    n = maskf.sum(0)
+    mean = (x * maskf).sum(0) / n.clamp(min=1.0)
+    m2 = ((x - mean).square_() * maskf).sum(0)
+    return n, mean, m2
+
+
+def all_reduce_moments(n: Tensor, mean: Tensor, m2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Combine per-rank batch moments into those of the global batch (SPEC section 2).
+
+    Sums ``count``, ``sum`` and ``sum of squares`` over the default process group in one
+    float64 all-reduce; float64 keeps ``sum_sq - n * mean^2`` free of cancellation.
+    """
+    n64, mean64 = n.double(), mean.double()
+    packed = torch.stack([n64, n64 * mean64, m2.double() + n64 * mean64.square()])
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    n_all, s_all, q_all = packed.unbind(0)
+    mean_all = s_all / n_all.clamp(min=1.0)
+    m2_all = (q_all - n_all * mean_all.square()).clamp(min=0.0)
+    return n_all.float(), mean_all.float(), m2_all.float()
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class RunningMoments(nn.Module):
+    r"""Running per-neuron mean and unbiased variance with forgetting (MEmeL, Lemma 3.2).
+
+    Each neuron keeps a mean ``mu``, a variance ``v``, the number ``m`` of samples merged
+    (``count``) and the number ``c`` of batches merged (``steps``). A batch with ``b``
+    valid samples, mean ``mb`` and biased variance ``vb`` is merged exactly::
+
+        first batch:  mu = mb;  v = vb * b / (b - 1)
+        otherwise:    mu' = (m*mu + b*mb) / (m + b)
+                      v'  = m*b*(mu - mb)^2 / ((m+b-1)(m+b)) + (b*vb + (m-1)*v) / (m+b-1)
+        c >= n_f:     the same with m := b * n_f  (forgetting: an EMA over ~n_f batches)
+
+    Statistics are float32 whatever the input dtype and never enter autograd. Buffers
+    are sized lazily from the first batch; later batches must have the same number of
+    neurons, unless ``variable_size`` is set: then a batch of F neurons is merged into
+    the first F statistics (growing them if F is larger). MEmeL uses this for
+    dynamically padded sequences, whose positions are the leading neuron axis.
+
+    Counts and step counters are per neuron, so masked values (padding) are simply not
+    merged: a neuron absent from a batch keeps its statistics and its counters.
+
+    Non-finite batches: with ``nonfinite="skip"`` (default) a batch whose valid values
+    contain NaN or inf leaves the statistics untouched and increments ``skipped``; with
+    ``"raise"`` it raises :class:`NonFiniteStatisticsError` naming the tap. (The callback
+    warns when ``skipped`` grows; checking here would cost a host sync every step.)
+
+    Example:
+        >>> m = RunningMoments(forget_steps=10)
+        >>> _ = m.update(torch.tensor([[1.0, 10.0], [3.0, 30.0]]))
+        >>> m.mean, m.var
+        (tensor([ 2., 20.]), tensor([  2., 200.]))
+    """
+
+    def __init__(
+        self,
+        forget_steps: int = 10,
+        *,
+        sync_dist: bool = False,
+        variable_size: bool = False,
+        nonfinite: str = "skip",
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        if forget_steps < 1:
+            raise ValueError(f"forget_steps must be >= 1, got {forget_steps}")
+        if nonfinite not in ("skip", "raise"):
+            raise ValueError(f"nonfinite must be 'skip' or 'raise', got {nonfinite!r}")
+        self.forget_steps = int(forget_steps)
+        self.sync_dist = sync_dist
+        self.variable_size = variable_size
+        self.nonfinite = nonfinite
+        self.name = name
+        self.register_buffer("mean", torch.zeros(0))
+        self.register_buffer("var", torch.zeros(0))
+        self.register_buffer("count", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("steps", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("skipped", torch.zeros((), dtype=torch.long))
+
+    @property
+    def initialized(self) -> bool:
+        return self.mean.numel() > 0
+
+    @property
+    def num_neurons(self) -> int:
+        return self.mean.numel()
+
+    def _allocate(self, num: int, device: torch.device) -> None:
+        self.mean = torch.zeros(num, device=device)
+        self.var = torch.zeros(num, device=device)
+        self.count = torch.zeros(num, dtype=torch.long, device=device)
+        self.steps = torch.zeros(num, dtype=torch.long, device=device)
+
+    def _check_size(self, num: int) -> None:
+        if self.variable_size:
+            self.grow(num)
+        elif self.initialized and num != self.num_neurons:
+            raise ValueError(
+                f"tap {self.name!r}: got {num} neurons per sample, but the running statistics "
+                f"were sized for {self.num_neurons} by the first batch; a tap's output shape "
+                "must not change between batches (pad to a fixed length, or pass "
+                "variable_shape=True to MEmeL for dynamically padded sequences)"
+            )
+
+    @torch.no_grad()
+    def update(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """Merge one batch ``x`` of shape ``(N, F)`` (``mask``: bool ``(N, F)``).
+
+        Returns a bool tensor: False when the batch was skipped for non-finite values.
+        """
+        if x.dim() != 2:
+            raise ValueError(f"tap {self.name!r}: RunningMoments.update expects (N, F), got {tuple(x.shape)}")
+        if mask is not None and mask.shape != x.shape:
+            raise ValueError(f"tap {self.name!r}: mask shape {tuple(mask.shape)} != values shape {tuple(x.shape)}")
+        if not self.initialized:
+            self._allocate(x.shape[1], x.device)
+        self._check_size(x.shape[1])
+        n, mb, m2 = batch_moments(x, mask)
+        if self.sync_dist and _distributed():
+            n, mb, m2 = all_reduce_moments(n, mb, m2)
+        # After the all-reduce every rank sees the same values, so every rank takes the
+        # same skip decision and the statistics stay identical across ranks. The
+        # decision stays on the device (no host sync); only "raise" must look at it.
+        finite = torch.isfinite(mb).all() & torch.isfinite(m2).all()
+        if self.nonfinite == "raise" and not bool(finite):
+            raise NonFiniteStatisticsError(
+                f"tap {self.name!r}: the batch contains NaN or inf activations; the running "
+                "statistics were not updated"
+            )
+        self.skipped += (~finite).long()
+        self._merge(n, mb, m2, finite)
+        return finite
+
+    def view(self, num: int) -> tuple[Tensor, Tensor]:
+        """``(mean, var)`` of the first ``num`` neurons (all of them unless variable_size)."""
+        return self.mean[:num], self.var[:num]
+
+    def _merge(self, b: Tensor, mb: Tensor, m2: Tensor, finite: Tensor) -> None:
+        num = b.numel()
+        mu, v = self.mean[:num], self.var[:num]
+        count, steps = self.count[:num], self.steps[:num]
+
+        seen = (b > 0) & finite            # neurons with at least one valid value
+        vb = m2 / b.clamp(min=1.0)         # biased batch variance
+        # Forgetting: after n_f merged batches the old statistics weigh as n_f batches.
+        m = torch.where(steps >= self.forget_steps, b * self.forget_steps, count.float())
+        first = m == 0
+
+        # Lemma 3.2 (general case). m+b-1 >= 1 whenever m >= 1 and b >= 1.
+        denom = (m + b - 1).clamp(min=1.0)
+        mu_new = (m * mu + b * mb) / (m + b).clamp(min=1.0)
+        v_new = m * b * (mu - mb).square() / (denom * (m + b).clamp(min=1.0)) + (b * vb + (m - 1) * v) / denom
+        # First batch: mu = mb; v = vb * b / (b - 1) (0 when a neuron has a single value).
+        v_first = torch.where(b > 1, m2 / (b - 1).clamp(min=1.0), torch.zeros_like(m2))
+        mu_new = torch.where(first, mb, mu_new)
+        v_new = torch.where(first, v_first, v_new)
+
+        mu_new = torch.where(seen, mu_new, mu)
+        v_new = torch.where(seen, v_new, v)
+        mu.copy_(mu_new)
+        v.copy_(v_new)
+        count.add_(b.long() * seen)
+        steps.add_(seen.long())
+
+    @torch.no_grad()
+    def grow(self, num: int) -> None:
+        """Extend the statistics to ``num`` neurons; new neurons start unseen."""
+        if num <= self.num_neurons:
+            return
+        extra = num - self.num_neurons
+        device = self.mean.device
+        self.mean = torch.cat([self.mean, torch.zeros(extra, device=device)])
+        self.var = torch.cat([self.var, torch.zeros(extra, device=device)])
+        self.count = torch.cat([self.count, torch.zeros(extra, dtype=torch.long, device=device)])
+        self.steps = torch.cat([self.steps, torch.zeros(extra, dtype=torch.long, device=device)])
+
+    def reset(self) -> None:
+        """Forget everything (buffers become empty and are re-sized by the next batch)."""
+        device = self.mean.device
+        self.mean = torch.zeros(0, device=device)
+        self.var = torch.zeros(0, device=device)
+        self.count = torch.zeros(0, dtype=torch.long, device=device)
+        self.steps = torch.zeros(0, dtype=torch.long, device=device)
+        self.skipped.zero_()
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
+        # Buffers are sized lazily, so adopt the saved sizes before the default copy.
+        for key in ("mean", "var", "count", "steps"):
+            saved = state_dict.get(prefix + key)
+            if saved is not None:
+                current = getattr(self, key)
+                setattr(self, key, torch.empty_like(saved, device=current.device, dtype=current.dtype))
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def extra_repr(self) -> str:
+        return f"forget_steps={self.forget_steps}, neurons={self.num_neurons}"
+

@@ -1,0 +1,53 @@
+"""The Monosemantic Scale (MEmeL, Definition 3.1; SPEC section 3)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .moments import RunningMoments
+
+
+def variance_floor(var: Tensor, count: Tensor, eps: float) -> Tensor:
+    """``eps * mean_k(v_k)`` over the neurons seen so far (the variance compensation)."""
+    seen = (count > 0).float()
+    return eps * (var * seen).sum() / seen.sum().clamp(min=1.0)  # no host sync
+
+
+def monosemantic_scale(
+    x: Tensor,
+    moments: RunningMoments,
+    eps: float = 0.01,
+) -> Tensor:
+    r"""``phi_i(z) = (z - mu_i)^2 / (v_i + eps * mean_k(v_k))`` for every value of ``x``.
+
+    ``x`` is ``(N, F)`` or ``(N, *S)`` with ``prod(S)`` neurons (a prefix of the
+    statistics when they are of variable size); the result is float32, shaped like
+    ``x``. The mean in the compensation runs over all neurons of the tap that have
+    statistics. Computed without autograd: phi scores, it is never differentiated.
+    A zero denominator (every neuron constant so far) is floored at the smallest
+    normal float32 so that phi stays finite where ``z == mu``.
+
+    Example:
+        >>> m = RunningMoments()
+        >>> _ = m.update(torch.tensor([[0.0], [2.0]]))   # mu = 1, v = 2
+        >>> monosemantic_scale(torch.tensor([[3.0]]), m, eps=0.0)
+        tensor([[2.]])
+    """
+    if not moments.initialized:
+        raise RuntimeError(f"tap {moments.name!r}: monosemantic_scale needs statistics; feed a batch first")
+    shape = x.shape
+    x2 = x.reshape(shape[0], -1)
+    num = x2.shape[1]
+    if num > moments.num_neurons:
+        raise ValueError(
+            f"tap {moments.name!r}: input has {num} neurons per sample, statistics have {moments.num_neurons}"
+        )
+    if num != moments.num_neurons and not moments.variable_size:
+        raise ValueError(
+            f"tap {moments.name!r}: input has {num} neurons per sample, statistics have {moments.num_neurons}"
+        )
+    with torch.no_grad():
+        mu, v = moments.view(num)
+        denom = (v + variance_floor(moments.var, moments.count, eps)).clamp_(min=torch.finfo(torch.float32).tiny)
+        phi = (x2.float() - mu).square_().div_(denom)
+    return phi.reshape(shape)

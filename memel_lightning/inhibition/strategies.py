@@ -1,0 +1,170 @@
+"""Inhibition strategies: what happens to a selected activation (SPEC section 5).
+
+Every strategy maps ``z`` (``(N, F)``), the bool ``selected`` of the same shape and the
+tap's statistics to the value passed on. Unselected values pass through untouched,
+no strategy has trainable parameters.
+
+| strategy           | forward value              | gradient dz'/dz |
+| ------------------ | -------------------------- | --------------- |
+| reverse (delta)    | -delta*z + sg(mu + delta*z) = mu | -delta    |
+| mean_nograd        | sg(mu)                     | 0               |
+| mean_passthrough   | z + sg(mu - z) = mu        | +1              |
+| regularize         | z                          | 1 + loss term   |
+| none               | z                          | 1               |
+
+The first three share one autograd function (:class:`ReplaceWithMean`) that writes
+``mu`` exactly and scales the gradient of selected values by a constant, saving only
+the bool selection for backward; writing ``-delta*z + sg(mu + delta*z)`` literally
+would round ``mu`` in low precision and keep two activation-sized tensors alive.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class TapStatistics:
+    """What a strategy may read: per-neuron ``mean`` and phi's denominator
+    ``denom = v + eps * mean_k(v_k)``, both float32 ``(F,)``."""
+
+    mean: Tensor
+    denom: Tensor
+
+
+class ReplaceWithMean(torch.autograd.Function):
+    """Forward: ``where(selected, mu, z)``. Backward: ``grad * where(selected, g, 1)``."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, selected: Tensor, mean: Tensor, grad_scale: float) -> Tensor:
+        ctx.save_for_backward(selected)
+        ctx.grad_scale = grad_scale
+        return torch.where(selected, mean.to(z.dtype), z)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (selected,) = ctx.saved_tensors
+        g = ctx.grad_scale
+        if g == 1.0:
+            grad_z = grad
+        elif g == 0.0:
+            grad_z = grad.masked_fill(selected, 0.0)
+        else:
+            grad_z = torch.where(selected, grad * g, grad)
+        return grad_z, None, None, None
+
+
+class Strategy(nn.Module):
+    """Base class: ``forward(z, selected, stats) -> z'`` of z's shape and dtype."""
+
+    def forward(self, z: Tensor, selected: Tensor, stats: TapStatistics) -> Tensor:
+        raise NotImplementedError
+
+
+class ReverseDeactivation(Strategy):
+    """Reverse Deactivation (MEmeL eq. 12): ``z' = -delta*z + sg(mu + delta*z)``.
+
+    The forward value is the running mean ``mu``; the gradient is ``-delta``, so the
+    update pushes the neuron *away* from the response it gave. ``delta = 0`` is
+    :class:`MeanNoGrad`, ``delta = -1`` is :class:`MeanPassthrough`.
+    """
+
+    def __init__(self, delta: float = 1.0) -> None:
+        super().__init__()
+        self.delta = float(delta)
+
+    def forward(self, z: Tensor, selected: Tensor, stats: TapStatistics) -> Tensor:
+        return ReplaceWithMean.apply(z, selected, stats.mean, -self.delta)
+
+    def extra_repr(self) -> str:
+        return f"delta={self.delta}"
+
+
+class MeanNoGrad(Strategy):
+    """Naive (a): ``z' = sg(mu)``; no gradient reaches the selected value."""
+
+    def forward(self, z: Tensor, selected: Tensor, stats: TapStatistics) -> Tensor:
+        return ReplaceWithMean.apply(z, selected, stats.mean, 0.0)
+
+
+class MeanPassthrough(Strategy):
+    """Naive (b): ``z' = z + sg(mu - z)``; value ``mu``, gradient +1 (straight-through)."""
+
+    def forward(self, z: Tensor, selected: Tensor, stats: TapStatistics) -> Tensor:
+        return ReplaceWithMean.apply(z, selected, stats.mean, 1.0)
+
+
+class NoInhibition(Strategy):
+    """``none``: the identity; statistics and metrics only."""
+
+    def forward(self, z: Tensor, selected: Tensor, stats: TapStatistics) -> Tensor:
+        return z
+
+
+class _IdentityWithRegulariser(torch.autograd.Function):
+    """Identity forward; backward adds the gradient of the L2E regulariser."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, selected: Tensor, mean: Tensor, denom: Tensor, scale: float) -> Tensor:
+        ctx.save_for_backward(z, selected, mean, denom)
+        ctx.scale = scale
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        z, selected, mean, denom = ctx.saved_tensors
+        # d/dz [scale * (z - mu)^2 / denom] = 2 * scale * (z - mu) / denom on selected values
+        extra = (z.float() - mean).mul_(2.0 * ctx.scale).div_(denom).masked_fill_(~selected, 0.0)
+        return grad + extra.to(grad.dtype), None, None, None, None
+
+
+class Regularize(Strategy):
+    r"""L2E-style inhibition by a loss term, without touching ``training_step``.
+
+    Forward values are unchanged. Backward adds the gradient of
+
+        R = lambda * sum_selected (z - sg(mu))^2 / (v + eps * mean_k(v_k)) / N
+
+    with ``N`` the number of samples (rows) of the tap's input, so R is a per-sample
+    average and does not grow with the batch. The value of R of the last step is kept
+    in ``last_loss`` for logging.
+    """
+
+    def __init__(self, reg_lambda: float = 1e-3) -> None:
+        super().__init__()
+        self.reg_lambda = float(reg_lambda)
+        self.last_loss: Optional[Tensor] = None
+
+    def forward(self, z: Tensor, selected: Tensor, stats: TapStatistics) -> Tensor:
+        scale = self.reg_lambda / max(z.shape[0], 1)
+        with torch.no_grad():
+            self.last_loss = ((z.float() - stats.mean).square() / stats.denom).masked_fill(~selected, 0.0).sum() * scale
+        if not z.requires_grad:
+            return z
+        return _IdentityWithRegulariser.apply(z, selected, stats.mean, stats.denom, scale)
+
+    def extra_repr(self) -> str:
+        return f"reg_lambda={self.reg_lambda}"
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    "reverse": ReverseDeactivation,
+    "mean_nograd": MeanNoGrad,
+    "mean_passthrough": MeanPassthrough,
+    "regularize": Regularize,
+    "none": NoInhibition,
+}
+
+
+def build_strategy(name: str, *, delta: float = 1.0, reg_lambda: float = 1e-3) -> Strategy:
+    """Build a strategy by its SPEC name (see :data:`STRATEGIES`)."""
+    if name == "reverse":
+        return ReverseDeactivation(delta)
+    if name == "regularize":
+        return Regularize(reg_lambda)
+    if name in STRATEGIES:
+        return STRATEGIES[name]()
+    raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
