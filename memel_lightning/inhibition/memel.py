@@ -252,7 +252,7 @@ class MEmeL(nn.Module):
         else:
             per_neuron_valid = mask.sum(0).float()
             valid = per_neuron_valid.sum()
-            phi_sum = (phi * mask).sum()
+            phi_sum = phi.masked_fill(~mask, 0.0).sum()  # not phi * mask: NaN * 0 is NaN
             col_max = phi.masked_fill(~mask, float("-inf")).amax(dim=0)
         has_values = per_neuron_valid > 0
         neurons = has_values.sum().float()

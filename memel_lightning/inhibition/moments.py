@@ -26,10 +26,12 @@ def batch_moments(x: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Ten
         mean = x.mean(0)
         m2 = (x - mean).square_().sum(0)
         return n, mean, m2
-    maskf = mask.float()
-    n = maskf.sum(0)
-    mean = (x * maskf).sum(0) / n.clamp(min=1.0)
-    m2 = ((x - mean).square_() * maskf).sum(0)
+    # masked_fill, not a product with the mask: a NaN/inf in a masked position (padding)
+    # must not leak into the statistics, and NaN * 0 is NaN.
+    invalid = ~mask
+    n = mask.sum(0, dtype=torch.float32)
+    mean = x.masked_fill(invalid, 0.0).sum(0) / n.clamp(min=1.0)
+    m2 = (x - mean).masked_fill_(invalid, 0.0).square_().sum(0)
     return n, mean, m2
 
 
