@@ -1,0 +1,150 @@
+"""Checkpoint resume: a run stopped and resumed from its checkpoint ends with the same
+weights and MEmeL statistics, bit for bit on CPU, as an uninterrupted run."""
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from memel_lightning.callback import MEmeLCallback
+from memel_lightning.data.digits import DigitsDataModule
+from memel_lightning.models.digits import DigitsClassifier
+
+TAPS = ("hidden.0", "hidden.1")
+LIMIT = 12  # training batches per epoch (of 44): keeps the test short
+
+
+def run(root: Path, memel: dict, ckpt_path: str | None = None, **trainer_kw):
+    pl.seed_everything(0)
+    model = DigitsClassifier(hidden_sizes=(24, 16), lr=3e-3)
+    cb = MEmeLCallback(taps="default", memel=memel, log_every_n_steps=5)
+    ckpt = ModelCheckpoint(dirpath=root / "ckpt", save_last=True, save_top_k=0, **trainer_kw.pop("ckpt_kw", {}))
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_train_batches=LIMIT, limit_val_batches=2, num_sanity_val_steps=0, default_root_dir=root,
+        callbacks=[cb, ckpt], deterministic=True, **trainer_kw,
+    )
+    trainer.fit(model, DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
+    return model, cb, trainer
+
+
+def statistics(cb: MEmeLCallback) -> dict[str, torch.Tensor]:
+    out = {}
+    for tap in TAPS:
+        memel = cb.memel_for(tap)
+        for key, value in memel.state_dict().items():
+            out[f"{tap}/{key}"] = value
+        out[f"{tap}/step"] = torch.tensor(memel.step)
+    return out
+
+
+def assert_identical(a, b) -> None:
+    (model_a, cb_a), (model_b, cb_b) = a, b
+    for (name, pa), (_, pb) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
+        assert torch.equal(pa, pb), name
+    sa, sb = statistics(cb_a), statistics(cb_b)
+    assert sorted(sa) == sorted(sb)
+    for key in sa:
+        if isinstance(sa[key], torch.Tensor):
+            assert torch.equal(sa[key], sb[key]), key
+        else:
+            assert sa[key] == sb[key], key
+    assert cb_a._train_batches == cb_b._train_batches
+
+
+MEMEL = {"selector": "topk", "k": 2, "strategy": "reverse", "late_start": 5, "forget_steps": 4}
+
+
+def test_resume_at_epoch_boundary_is_bit_exact(tmp_path):
+    full_model, full_cb, full = run(tmp_path / "full", MEMEL, max_epochs=4)
+    assert full.global_step == 4 * LIMIT
+
+    first_model, first_cb, first = run(tmp_path / "split", MEMEL, max_epochs=2)
+    last = tmp_path / "split" / "ckpt" / "last.ckpt"
+    assert first.global_step == 2 * LIMIT and last.is_file()
+    # the statistics of every tap are in the checkpoint
+    saved = torch.load(last, weights_only=False)["callbacks"]
+    (state,) = [v for k, v in saved.items() if k.startswith("MEmeLCallback")]
+    assert set(state["taps"]) == set(TAPS) and state["train_batches"] == 2 * LIMIT
+    assert torch.equal(state["taps"]["hidden.0"]["moments.mean"], first_cb.memel_for("hidden.0").moments.mean)
+
+    resumed = run(tmp_path / "split", MEMEL, ckpt_path=str(last), max_epochs=4)
+    assert resumed[2].global_step == 4 * LIMIT
+    assert_identical((full_model, full_cb), resumed[:2])
+    # ... and the interrupted run really differed at the checkpoint (the test can fail)
+    assert not torch.equal(first_cb.memel_for("hidden.0").moments.mean, full_cb.memel_for("hidden.0").moments.mean)
+
+
+def test_resume_moving_threshold_is_bit_exact(tmp_path):
+    memel = {"selector": "moving_threshold", "target_ratio": 0.05, "late_start": 3, "forget_steps": 4}
+    full = run(tmp_path / "full", memel, max_epochs=2)
+    run(tmp_path / "split", memel, max_epochs=1)
+    resumed = run(tmp_path / "split", memel, ckpt_path=str(tmp_path / "split" / "ckpt" / "last.ckpt"), max_epochs=2)
+    assert_identical(full[:2], resumed[:2])
+    tau_full = full[1].memel_for("hidden.1").selector.tau
+    assert torch.equal(tau_full, resumed[1].memel_for("hidden.1").selector.tau) and torch.isfinite(tau_full)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that Lightning can resume mid-epoch: it has ``state_dict`` /
+    ``load_state_dict`` (Lightning's ``_Stateful``), records how many batches of the
+    current epoch it has handed out, and after a load skips that many at the start of
+    its next iteration (the order itself comes from EpochSeededSampler's seed + epoch)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.yielded = 0
+        self.skip = 0
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        self.yielded = 0
+        for i, batch in enumerate(super().__iter__()):
+            self.yielded = i + 1
+            if i >= skip:
+                yield batch
+
+    def state_dict(self) -> dict:
+        return {"yielded": self.yielded}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skip = int(state["yielded"])
+
+
+class ResumableDigits(DigitsDataModule):
+    def train_dataloader(self) -> DataLoader:
+        plain = super().train_dataloader()
+        return ResumableLoader(plain.dataset, batch_size=plain.batch_size, sampler=plain.sampler, drop_last=True)
+
+
+def test_resume_mid_epoch_with_a_resumable_loader_is_bit_exact(tmp_path, monkeypatch):
+    """Mid-epoch resume (stopped by ``max_steps``) is exact only with a resumable loader.
+
+    Lightning 2.6 restores its loop counters from a mid-epoch checkpoint, but a plain
+    DataLoader restarts the epoch from its first batch: Lightning then warns "You're
+    resuming from a checkpoint that ended before the epoch ended and your dataloader is
+    not resumable" and trains on the epoch's first batches again instead of the
+    remaining ones (the weights differ from an uninterrupted run). It asks the loader
+    for ``state_dict()`` when saving and calls ``load_state_dict()`` on resume (only if
+    every train loader has both). DigitsDataModule's plain loader is therefore exact at
+    epoch boundaries only (the test above); with a loader that skips the batches it
+    already served (``ResumableLoader`` here) a resume after 7 of 12 batches is
+    bit-exact too.
+    """
+    monkeypatch.setattr(sys.modules[__name__], "DigitsDataModule", ResumableDigits)
+    full_model, full_cb, _ = run(tmp_path / "full", MEMEL, max_epochs=2)
+    kw = dict(ckpt_kw=dict(every_n_train_steps=7))
+    first = run(tmp_path / "split", MEMEL, max_steps=7, max_epochs=2, **kw)
+    assert first[2].global_step == 7 and first[1]._train_batches == 7
+    last = tmp_path / "split" / "ckpt" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"yielded": 7}]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*not resumable.*")
+        resumed = run(tmp_path / "split", MEMEL, ckpt_path=str(last), max_epochs=2, **kw)
+    assert resumed[2].global_step == 2 * LIMIT
+    assert_identical((full_model, full_cb), resumed[:2])
