@@ -16,7 +16,7 @@ from memel_lightning.data.digits import DigitsDataModule
 from memel_lightning.models.digits import DigitsClassifier
 
 TAPS = ("hidden.0", "hidden.1")
-LIMIT = 12  # training batches per epoch (of 44): keeps the test short
+LIMIT = 8  # training batches per epoch (of 44): keeps the test short
 
 
 def run(root: Path, memel: dict, ckpt_path: str | None = None, **trainer_kw):
@@ -26,7 +26,7 @@ def run(root: Path, memel: dict, ckpt_path: str | None = None, **trainer_kw):
     ckpt = ModelCheckpoint(dirpath=root / "ckpt", save_last=True, save_top_k=0, **trainer_kw.pop("ckpt_kw", {}))
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_train_batches=LIMIT, limit_val_batches=2, num_sanity_val_steps=0, default_root_dir=root,
+        limit_train_batches=LIMIT, limit_val_batches=1, num_sanity_val_steps=0, default_root_dir=root,
         callbacks=[cb, ckpt], deterministic=True, **trainer_kw,
     )
     trainer.fit(model, DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
@@ -133,16 +133,16 @@ def test_resume_mid_epoch_with_a_resumable_loader_is_bit_exact(tmp_path, monkeyp
     for ``state_dict()`` when saving and calls ``load_state_dict()`` on resume (only if
     every train loader has both). DigitsDataModule's plain loader is therefore exact at
     epoch boundaries only (the test above); with a loader that skips the batches it
-    already served (``ResumableLoader`` here) a resume after 7 of 12 batches is
+    already served (``ResumableLoader`` here) a resume after 5 of 8 batches is
     bit-exact too.
     """
     monkeypatch.setattr(sys.modules[__name__], "DigitsDataModule", ResumableDigits)
     full_model, full_cb, _ = run(tmp_path / "full", MEMEL, max_epochs=2)
-    kw = dict(ckpt_kw=dict(every_n_train_steps=7))
-    first = run(tmp_path / "split", MEMEL, max_steps=7, max_epochs=2, **kw)
-    assert first[2].global_step == 7 and first[1]._train_batches == 7
+    kw = dict(ckpt_kw=dict(every_n_train_steps=5))
+    first = run(tmp_path / "split", MEMEL, max_steps=5, max_epochs=2, **kw)
+    assert first[2].global_step == 5 and first[1]._train_batches == 5
     last = tmp_path / "split" / "ckpt" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"yielded": 7}]
+    assert torch.load(last, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"yielded": 5}]
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*not resumable.*")
         resumed = run(tmp_path / "split", MEMEL, ckpt_path=str(last), max_epochs=2, **kw)
