@@ -162,7 +162,7 @@ class RunningMoments(nn.Module):
                 f"tap {self.name!r}: the batch contains NaN or inf activations; the running "
                 "statistics were not updated"
             )
-        self.skipped += (~finite).long()
+        self.skipped.add_(~finite)
         self._merge(n, mb, m2, finite)
         return finite
 
@@ -176,26 +176,23 @@ class RunningMoments(nn.Module):
         count, steps = self.count[:num], self.steps[:num]
 
         seen = (b > 0) & finite            # neurons with at least one valid value
-        vb = m2 / b.clamp(min=1.0)         # biased batch variance
         # Forgetting: after n_f merged batches the old statistics weigh as n_f batches.
         m = torch.where(steps >= self.forget_steps, b * self.forget_steps, count.float())
-        first = m == 0
-
-        # Lemma 3.2 (general case). m+b-1 >= 1 whenever m >= 1 and b >= 1.
-        denom = (m + b - 1).clamp(min=1.0)
-        mu_new = (m * mu + b * mb) / (m + b).clamp(min=1.0)
-        v_new = m * b * (mu - mb).square() / (denom * (m + b).clamp(min=1.0)) + (b * vb + (m - 1) * v) / denom
-        # First batch: mu = mb; v = vb * b / (b - 1) (0 when a neuron has a single value).
-        v_first = torch.where(b > 1, m2 / (b - 1).clamp(min=1.0), torch.zeros_like(m2))
-        mu_new = torch.where(first, mb, mu_new)
-        v_new = torch.where(first, v_first, v_new)
-
-        mu_new = torch.where(seen, mu_new, mu)
-        v_new = torch.where(seen, v_new, v)
-        mu.copy_(mu_new)
-        v.copy_(v_new)
-        count.add_(b.long() * seen)
-        steps.add_(seen.long())
+        # Lemma 3.2, with w = b / (m + b), d = mb - mu and b * vb = m2:
+        #   mu' = (m*mu + b*mb) / (m+b)                                  = mu + w*d
+        #   v'  = m*b*d^2 / ((m+b-1)(m+b)) + (b*vb + (m-1)*v) / (m+b-1) = (m*w*d^2 + m2 + (m-1)*v) / (m+b-1)
+        # The first batch (m = 0) needs no special case: an unseen neuron has mu = v = 0,
+        # so mu' = mb and v' = m2 / (b-1) (0 for a single value: m2 = 0, denominator clamped).
+        # Written with few operations: each is a kernel launch on GPU.
+        s = m + b
+        w = b / s.clamp(min=1.0)
+        d = mb - mu
+        mu_new = torch.addcmul(mu, w, d)
+        v_new = torch.addcmul(m2, m * w, d.square()).addcmul_(m - 1.0, v).div_((s - 1.0).clamp_(min=1.0))
+        mu.copy_(torch.where(seen, mu_new, mu))
+        v.copy_(torch.where(seen, v_new, v))
+        count.add_(torch.where(seen, b, 0.0).long())
+        steps.add_(seen)
 
     @torch.no_grad()
     def grow(self, num: int) -> None:
