@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .moments import RunningMoments
-from .scale import monosemantic_scale, variance_floor
+from .scale import monosemantic_scale, phi_from, scale_parameters
 from .selectors import Selector, build_selector
 from .strategies import Strategy, TapStatistics, build_strategy
 
@@ -223,19 +223,14 @@ class MEmeL(nn.Module):
             inhibit = self.moments.initialized and self.inhibiting
         if not self.moments.initialized:
             return z
+        mu, denom = scale_parameters(self.moments, z2.shape[1], self.eps)  # once per step
         if phi is None and (self.score_with == "updated" or not training):
-            phi = monosemantic_scale(x, self.moments, self.eps)
+            phi = phi_from(x, mu, denom)
         if phi is None:  # first batch scored on previous statistics: nothing to score with
             return z
 
         selected = self.selector(phi, m2, update=training)
-        if inhibit:
-            num = z2.shape[1]
-            mu, v = self.moments.view(num)
-            denom = v + variance_floor(self.moments.var, self.moments.count, self.eps)
-            out2 = self.strategy(z2, selected, TapStatistics(mu, denom))
-        else:
-            out2 = z2
+        out2 = self.strategy(z2, selected, TapStatistics(mu, denom)) if inhibit else z2
         if self.record_metrics:
             self._record(phi, selected if inhibit else None, m2)
         return z if out2 is z2 else self._restore(out2, z, perm, identity)
@@ -245,8 +240,8 @@ class MEmeL(nn.Module):
     def _record(self, phi: Tensor, selected: Optional[Tensor], mask: Optional[Tensor]) -> None:
         n, f = phi.shape
         if mask is None:
-            valid = torch.tensor(float(n * f), device=phi.device)
-            per_neuron_valid = torch.full((f,), float(n), device=phi.device)
+            valid = phi.new_full((), float(n * f))  # a fill, not a host-to-device copy
+            per_neuron_valid = phi.new_full((f,), float(n))
             phi_sum = phi.sum()
             col_max = phi.amax(dim=0)
         else:
@@ -258,7 +253,7 @@ class MEmeL(nn.Module):
         neurons = has_values.sum().float()
         mono = ((col_max > self.tau_report) & has_values).sum().float()
         if selected is None:
-            kills = false_kills = torch.zeros((), device=phi.device)
+            kills = false_kills = phi.new_zeros(())
         else:
             per_neuron_kills = selected.sum(0).float()
             broad = per_neuron_kills > self.max_share * per_neuron_valid

@@ -33,21 +33,29 @@ def monosemantic_scale(
         >>> monosemantic_scale(torch.tensor([[3.0]]), m, eps=0.0)
         tensor([[2.]])
     """
-    if not moments.initialized:
-        raise RuntimeError(f"tap {moments.name!r}: monosemantic_scale needs statistics; feed a batch first")
     shape = x.shape
     x2 = x.reshape(shape[0], -1)
-    num = x2.shape[1]
-    if num > moments.num_neurons:
+    mu, denom = scale_parameters(moments, x2.shape[1], eps)
+    return phi_from(x2, mu, denom).reshape(shape)
+
+
+def scale_parameters(moments: RunningMoments, num: int, eps: float = 0.01) -> tuple[Tensor, Tensor]:
+    """``(mu, v + eps * mean_k(v_k))`` of the first ``num`` neurons: phi's centre and scale.
+
+    Computed once per step and shared by scoring and the inhibition strategy.
+    """
+    if not moments.initialized:
+        raise RuntimeError(f"tap {moments.name!r}: monosemantic_scale needs statistics; feed a batch first")
+    if num > moments.num_neurons or (num != moments.num_neurons and not moments.variable_size):
         raise ValueError(
             f"tap {moments.name!r}: input has {num} neurons per sample, statistics have {moments.num_neurons}"
         )
-    if num != moments.num_neurons and not moments.variable_size:
-        raise ValueError(
-            f"tap {moments.name!r}: input has {num} neurons per sample, statistics have {moments.num_neurons}"
-        )
+    mu, v = moments.view(num)
+    denom = (v + variance_floor(moments.var, moments.count, eps)).clamp_(min=torch.finfo(torch.float32).tiny)
+    return mu, denom
+
+
+def phi_from(x: Tensor, mu: Tensor, denom: Tensor) -> Tensor:
+    """``(x - mu)^2 / denom`` in float32 for ``x`` of shape ``(N, F)``, outside autograd."""
     with torch.no_grad():
-        mu, v = moments.view(num)
-        denom = (v + variance_floor(moments.var, moments.count, eps)).clamp_(min=torch.finfo(torch.float32).tiny)
-        phi = (x2.float() - mu).square_().div_(denom)
-    return phi.reshape(shape)
+        return (x.float() - mu).square_().div_(denom)
