@@ -11,7 +11,7 @@ per-cell deviation), grow and then decay over their lifetime (peak reflectivity 
 radius follow ``sin(pi * age / lifetime)``), and are born at random through the day.
 The reflectivity of a pixel is the strongest cell's, ``dBZ = peak * envelope *
 exp(-d^2 / (2 sigma^2))``, stored as ``p = round(255 * (dBZ + 10) / 70)`` where
-``dBZ > 0`` (0 elsewhere), plus sparse weak clutter.
+``dBZ >= 5`` (0, no echo, elsewhere), plus sparse weak clutter.
 
 The mask follows the benchmark's ``precompute_mask``: a pixel is used when it is
 inside the radar range (a disc of radius ``size / 2``) and is not weak noise
@@ -29,8 +29,9 @@ import numpy as np
 from .hko7 import DEFAULT_FRAME_LISTS, SPLITS, frame_path, mask_path, write_mask
 
 NOISE_THRESHOLD = round(0.28 * 255)  # the benchmark's FILTER_RAINFALL_THRESHOLD in 8-bit units
+MIN_ECHO_DBZ = 5.0  # weaker echoes are stored as 0 (no echo); keeps cell edges inside their 4-sigma boxes
 
-__all__ = ["generate", "radar_day", "radar_mask", "NOISE_THRESHOLD"]
+__all__ = ["generate", "radar_day", "radar_mask", "NOISE_THRESHOLD", "MIN_ECHO_DBZ"]
 
 
 def radar_day(
@@ -79,7 +80,7 @@ def radar_day(
                 continue
             d2 = (xx[ys, xs] - x0) ** 2 + (yy[ys, xs] - y0) ** 2
             np.maximum(dbz[ys, xs], c["peak"] * env * np.exp(-d2 / (2 * sigma * sigma)), out=dbz[ys, xs])
-        pix = np.where(dbz > 0, np.rint(255.0 * (dbz + 10.0) / 70.0), 0.0)
+        pix = np.where(dbz >= MIN_ECHO_DBZ, np.rint(255.0 * (dbz + 10.0) / 70.0), 0.0)
         noise = rng.random((size, size)) < clutter
         pix[noise & (pix == 0)] = rng.integers(1, NOISE_THRESHOLD, size=int((noise & (pix == 0)).sum()))
         out[t] = np.clip(pix, 0, 255).astype(np.uint8)
