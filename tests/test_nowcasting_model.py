@@ -103,3 +103,19 @@ def test_training_with_memel_logs_the_six_taps(tmp_path):
     assert "val_frames" in events.Tags()["images"]
     img = events.Images("val_frames")[-1]
     assert (img.width, img.height) == (2 * (24 + 2) - 2, 2 * 24 + 2)
+
+
+@pytest.mark.parametrize("name", ["convgru_hko7_memel", "convgru_synthetic_memel", "convgru_synthetic_baseline"])
+def test_configs_instantiate(name, tmp_path):
+    from memel_lightning.cli import main
+
+    cli = main(["--config", f"configs/{name}.yaml", "--data.root", str(tmp_path), "--trainer.logger", "false"], run=False)
+    assert isinstance(cli.model, Nowcaster) and isinstance(cli.datamodule, HKO7DataModule)
+    assert cli.model.hparams.batch_first == cli.datamodule.batch_first
+    assert (cli.model.hparams.in_frames, cli.model.hparams.out_frames) == (cli.datamodule.in_frames, cli.datamodule.out_frames)
+    memels = [c for c in cli.trainer.callbacks if isinstance(c, MEmeLCallback)]
+    if name.endswith("memel"):
+        # late_start / forget_steps count time steps: 10 batches of in_frames calls
+        assert memels[0].memel_kwargs["late_start"] == 10 * cli.model.hparams.in_frames
+    else:
+        assert not memels
