@@ -1,0 +1,232 @@
+"""Precipitation nowcasting on HKO-7 with the benchmark's encoder-forecaster ConvGRU."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from ..metrics.nowcasting import (
+    BALANCING_WEIGHTS,
+    CSI,
+    HSS,
+    THRESHOLDS,
+    ZR_A,
+    ZR_B,
+    BalancedMAE,
+    BalancedMSE,
+    balancing_weights,
+    threshold_name,
+)
+from .convgru import EncoderForecaster
+
+Batch = dict[str, Tensor]
+
+
+class Nowcaster(pl.LightningModule):
+    r"""Radar-echo nowcasting: ``in_frames`` observed frames -> ``out_frames`` predicted ones.
+
+    The network is :class:`~memel_lightning.models.convgru.EncoderForecaster` (three
+    encoder and three forecaster ConvGRU stages by default, widths/kernels/strides
+    configurable, defaults for 120x120 frames), stored as ``self.net``.
+
+    Batches are dicts from :class:`~memel_lightning.data.HKO7DataModule`: ``inputs``
+    ``(T_in, B, 1, H, W)``, ``targets`` and ``mask`` ``(T_out, B, 1, H, W)`` (pixel values in
+    [0, 1]; mask true where the pixel counts). Time-first like the benchmark; with
+    ``batch_first=True`` every tensor is ``(B, T, 1, H, W)`` instead (the data module's
+    flag must match).
+
+    Loss: the benchmark's balanced MSE + MAE (SPEC section 9) with the HKO-7 mask::
+
+        w = balancing_weights(target) * mask
+        loss = loss_scale * mean_frames( mse_weight * sum_pixels w (y - t)^2
+                                        + mae_weight * sum_pixels w |y - t| )
+
+    ``loss_scale`` defaults to ``1 / (H * W)`` (a per-pixel mean, so the learning rate
+    does not depend on the frame size). Validation/test log ``val_loss``, ``val_bmse``,
+    ``val_bmae``, and per threshold ``val_csi_<t>`` / ``val_hss_<t>`` (``t`` as ``0p5``,
+    ``2``, ``5``, ``10``, ``30``), computed on predictions clipped to [0, 1]. Every
+    validation epoch a grid of observed (top row) and predicted (bottom row) frames of
+    the first validation sequence goes to TensorBoard as image ``val_frames`` (only with
+    a ``TensorBoardLogger``).
+
+    MEmeL: :meth:`memel_taps` returns the six ConvGRU candidate states
+    ``net.encoder.<i>.cell.candidate`` and ``net.forecaster.<i>.cell.candidate``; each is
+    called once per time step, so one MEmeL per cell shares its statistics across time
+    steps, and its ``late_start`` / ``forget_steps`` count time steps (``T_in`` per
+    encoder batch, ``T_out`` per forecaster batch).
+
+    Example:
+        >>> model = Nowcaster(in_frames=3, out_frames=2, conv_channels=(4, 8, 8), hidden_channels=(8, 8, 8))
+        >>> model(torch.rand(3, 2, 1, 48, 48)).shape
+        torch.Size([2, 2, 1, 48, 48])
+        >>> len(model.memel_taps())
+        6
+    """
+
+    def __init__(
+        self,
+        in_frames: int = 10,
+        out_frames: int = 10,
+        conv_channels: Sequence[int] = (8, 192, 192),
+        hidden_channels: Sequence[int] = (64, 192, 192),
+        conv_kernels: Sequence[int] = (5, 3, 3),
+        conv_strides: Sequence[int] = (3, 2, 2),
+        conv_paddings: Sequence[int] = (1, 1, 1),
+        i2h_kernels: Sequence[int] = (3, 3, 3),
+        h2h_kernels: Sequence[int] = (5, 5, 3),
+        negative_slope: float = 0.2,
+        batch_first: bool = False,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        mse_weight: float = 1.0,
+        mae_weight: float = 1.0,
+        loss_scale: Optional[float] = None,
+        thresholds: Sequence[float] = THRESHOLDS,
+        weights: Sequence[float] = BALANCING_WEIGHTS,
+        zr_a: float = ZR_A,
+        zr_b: float = ZR_B,
+        log_images: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = EncoderForecaster(
+            in_channels=1,
+            conv_channels=conv_channels,
+            hidden_channels=hidden_channels,
+            conv_kernels=conv_kernels,
+            conv_strides=conv_strides,
+            conv_paddings=conv_paddings,
+            i2h_kernels=i2h_kernels,
+            h2h_kernels=h2h_kernels,
+            negative_slope=negative_slope,
+        )
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.weights = tuple(float(w) for w in weights)
+        time_axis = 1 if batch_first else 0
+        zr = dict(a=zr_a, b=zr_b)
+        self.val_bmse = BalancedMSE(self.thresholds, self.weights, **zr)
+        self.val_bmae = BalancedMAE(self.thresholds, self.weights, **zr)
+        self.val_csi = CSI(self.thresholds, time_axis=time_axis, **zr)
+        self.val_hss = HSS(self.thresholds, time_axis=time_axis, **zr)
+        self.test_bmse = BalancedMSE(self.thresholds, self.weights, **zr)
+        self.test_bmae = BalancedMAE(self.thresholds, self.weights, **zr)
+        self.test_csi = CSI(self.thresholds, time_axis=time_axis, **zr)
+        self.test_hss = HSS(self.thresholds, time_axis=time_axis, **zr)
+        self._image_sample: Optional[tuple[Tensor, Tensor]] = None
+
+    # ------------------------------------------------------------------ MEmeL
+    def memel_taps(self) -> list[str]:
+        return [f"net.{name}" for name in self.net.candidate_names()]
+
+    # ------------------------------------------------------------------ model
+    def forward(self, inputs: Tensor) -> Tensor:
+        """``inputs`` ``(T_in, B, 1, H, W)`` (or ``(B, T_in, ...)`` if ``batch_first``) ->
+        predictions ``(T_out, B, 1, H, W)`` in the same layout (raw, not clipped)."""
+        if inputs.dim() != 5:
+            raise ValueError(f"Nowcaster expects 5-D frames, got shape {tuple(inputs.shape)}")
+        t_axis = 1 if self.hparams.batch_first else 0
+        if inputs.shape[t_axis] != self.hparams.in_frames:
+            layout = "(B, T, C, H, W)" if self.hparams.batch_first else "(T, B, C, H, W)"
+            raise ValueError(
+                f"Nowcaster(in_frames={self.hparams.in_frames}, batch_first={self.hparams.batch_first}) expects "
+                f"{layout}, got shape {tuple(inputs.shape)}"
+            )
+        x = inputs.transpose(0, 1) if self.hparams.batch_first else inputs
+        y = self.net(x, out_frames=self.hparams.out_frames)
+        return y.transpose(0, 1) if self.hparams.batch_first else y
+
+    def balanced_loss(self, preds: Tensor, targets: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """Balanced MSE + MAE (class docstring); differentiable in ``preds``."""
+        w = balancing_weights(targets.detach().float(), self.thresholds, self.weights, self.hparams.zr_a, self.hparams.zr_b)
+        if mask is not None:
+            w = w * mask.to(w.dtype)
+        diff = preds.float() - targets.float()
+        frames = preds.shape[0] * preds.shape[1]
+        mse = (w * diff.square()).sum() / frames
+        mae = (w * diff.abs()).sum() / frames
+        scale = self.hparams.loss_scale
+        if scale is None:
+            scale = 1.0 / (preds.shape[-1] * preds.shape[-2])
+        return scale * (self.hparams.mse_weight * mse + self.hparams.mae_weight * mae)
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        preds = self(batch["inputs"])
+        loss = self.balanced_loss(preds, batch["targets"], batch.get("mask"))
+        self.log("train_loss", loss, prog_bar=True, batch_size=self._batch_size(batch))
+        return loss
+
+    def _batch_size(self, batch: Batch) -> int:
+        return batch["inputs"].shape[0 if self.hparams.batch_first else 1]
+
+    def _eval_step(self, batch: Batch, prefix: str) -> Tensor:
+        preds = self(batch["inputs"])
+        targets, mask = batch["targets"], batch.get("mask")
+        loss = self.balanced_loss(preds, targets, mask)
+        bs = self._batch_size(batch)
+        self.log(f"{prefix}_loss", loss, prog_bar=True, batch_size=bs, sync_dist=True)
+        clipped = preds.detach().clamp(0.0, 1.0)
+        for name in ("bmse", "bmae", "csi", "hss"):
+            getattr(self, f"{prefix}_{name}").update(clipped, targets, mask)
+        return clipped
+
+    def _log_epoch_metrics(self, prefix: str) -> None:
+        out = {}
+        for name in ("bmse", "bmae"):
+            metric = getattr(self, f"{prefix}_{name}")
+            out[f"{prefix}_{name}"] = metric.compute().float()
+            metric.reset()
+        for name in ("csi", "hss"):
+            metric = getattr(self, f"{prefix}_{name}")
+            scores = metric.compute().float().reshape(-1)
+            for t, s in zip(self.thresholds, scores):
+                out[f"{prefix}_{name}_{threshold_name(t)}"] = s
+            metric.reset()
+        self.log_dict(out, prog_bar=False)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        clipped = self._eval_step(batch, "val")
+        if batch_idx == 0 and self.hparams.log_images:
+            first = (lambda x: x[0]) if self.hparams.batch_first else (lambda x: x[:, 0])
+            self._image_sample = (first(batch["targets"]).detach().float().cpu(), first(clipped).cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+        sample, self._image_sample = self._image_sample, None
+        if sample is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        for logger in self.trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("val_frames", frame_grid(*sample), self.global_step, dataformats="CHW")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self(batch["inputs"]).clamp(0.0, 1.0)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+def frame_grid(observed: Tensor, predicted: Tensor, pad: int = 2) -> Tensor:
+    """A ``(1, 2H + pad, T (W + pad) - pad)`` image: observed frames on the top row,
+    predicted ones below, time left to right. ``observed``/``predicted``: ``(T, 1, H, W)``.
+
+    Example:
+        >>> frame_grid(torch.zeros(3, 1, 4, 5), torch.ones(3, 1, 4, 5)).shape
+        torch.Size([1, 10, 19])
+    """
+    t, _, h, w = observed.shape
+    grid = torch.ones(1, 2 * h + pad, t * (w + pad) - pad)
+    for i in range(t):
+        x0 = i * (w + pad)
+        grid[:, :h, x0 : x0 + w] = observed[i, :1]
+        grid[:, h + pad :, x0 : x0 + w] = predicted[i, :1]
+    return grid.clamp(0.0, 1.0)

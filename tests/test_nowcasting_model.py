@@ -1,0 +1,121 @@
+"""ConvGRU cell, encoder-forecaster shapes, the balanced loss, and training with MEmeL taps."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from memel_lightning import MEmeLCallback
+from memel_lightning.data import HKO7DataModule
+from memel_lightning.models import Nowcaster
+from memel_lightning.models.convgru import ConvGRUCell
+from tests.tb_utils import read_events
+
+SMALL = dict(conv_channels=(4, 8, 8), hidden_channels=(8, 8, 8))
+
+
+def test_cell_equations_and_candidate_tap():
+    torch.manual_seed(0)
+    cell = ConvGRUCell(3, 4, i2h_kernel=3, h2h_kernel=5)
+    x, h = torch.randn(2, 3, 6, 6), torch.randn(2, 4, 6, 6)
+    seen = []
+    cell.candidate.register_forward_hook(lambda m, a, out: seen.append(out.detach()))
+    out = cell(x, h)
+    xi = F.conv2d(x, cell.i2h.weight, cell.i2h.bias, padding=1)
+    hh = F.conv2d(h, cell.h2h.weight, cell.h2h.bias, padding=2)
+    r = torch.sigmoid(xi[:, :4] + hh[:, :4])
+    u = torch.sigmoid(xi[:, 4:8] + hh[:, 4:8])
+    cand = F.leaky_relu(xi[:, 8:] + r * hh[:, 8:], 0.2)
+    torch.testing.assert_close(seen[0], cand)
+    torch.testing.assert_close(out, u * h + (1 - u) * cand)
+    # a hook that replaces the candidate changes the new state accordingly
+    cell.candidate.register_forward_hook(lambda m, a, out: torch.zeros_like(out))
+    torch.testing.assert_close(cell(x, h), u * h)
+
+
+def test_shapes_time_first_and_batch_first_agree():
+    torch.manual_seed(0)
+    tf = Nowcaster(in_frames=4, out_frames=3, **SMALL)
+    bf = Nowcaster(in_frames=4, out_frames=3, batch_first=True, **SMALL)
+    bf.load_state_dict(tf.state_dict())
+    x = torch.rand(4, 2, 1, 30, 30)
+    y_tf = tf(x)
+    y_bf = bf(x.transpose(0, 1))
+    assert y_tf.shape == (3, 2, 1, 30, 30) and y_bf.shape == (2, 3, 1, 30, 30)
+    torch.testing.assert_close(y_bf.transpose(0, 1), y_tf)
+    with pytest.raises(ValueError, match=r"in_frames=4.*\(T, B, C, H, W\)"):
+        tf(torch.rand(2, 4, 1, 30, 30))
+    # default geometry (kernels, strides): 120x120 frames -> 40, 20, 10 feature maps; narrow widths for speed
+    default = Nowcaster(in_frames=2, out_frames=2, conv_channels=(2, 4, 4), hidden_channels=(4, 4, 4))
+    sizes = []
+    for i in range(3):
+        default.net.encoder[i].cell.candidate.register_forward_hook(lambda m, a, o: sizes.append(tuple(o.shape[-2:])))
+    assert default(torch.zeros(2, 1, 1, 120, 120)).shape == (2, 1, 1, 120, 120)
+    assert sizes == [(40, 40)] * 2 + [(20, 20)] * 2 + [(10, 10)] * 2
+    assert default.memel_taps() == [f"net.{s}.{i}.cell.candidate" for s in ("encoder", "forecaster") for i in range(3)]
+
+
+def test_balanced_loss_matches_numpy():
+    rng = np.random.default_rng(0)
+    t = rng.uniform(0, 1, size=(3, 2, 1, 5, 5))
+    p = rng.uniform(0, 1, size=t.shape)
+    m = rng.random(t.shape) > 0.3
+    model = Nowcaster(in_frames=1, out_frames=3, mse_weight=0.7, mae_weight=0.3, **SMALL)
+    loss = model.balanced_loss(torch.tensor(p, dtype=torch.float32), torch.tensor(t, dtype=torch.float32), torch.tensor(m))
+    r = ((10 ** ((70 * t - 10) / 10)) / 58.53) ** (1 / 1.56)
+    w = np.select([r < 0.5, r < 2, r < 5, r < 10, r < 30], [1, 1, 2, 5, 10], 30) * m
+    mse = (w * (p - t) ** 2).sum(axis=(2, 3, 4)).mean()
+    mae = (w * np.abs(p - t)).sum(axis=(2, 3, 4)).mean()
+    assert float(loss) == pytest.approx((0.7 * mse + 0.3 * mae) / 25, rel=1e-5)
+
+
+def test_training_with_memel_logs_the_six_taps(tmp_path):
+    dm = HKO7DataModule(
+        str(tmp_path / "data"), in_frames=3, out_frames=2, frame_size=24, raw_size=48, batch_size=4, eval_stride=4,
+        eval_batch_size=8, cache=True, synthetic=dict(days=[1, 1, 1], frames_per_day=20, size=48, seed=0),
+    )
+    model = Nowcaster(in_frames=3, out_frames=2, lr=1e-3, **SMALL)
+    cb = MEmeLCallback(taps="default", memel=dict(late_start=6, forget_steps=10), log_every_n_steps=1,
+                       hist_every_n_steps=2)
+    trainer = Trainer(
+        accelerator="cpu", devices=1, max_steps=4, limit_val_batches=1, log_every_n_steps=1, val_check_interval=4,
+        logger=TensorBoardLogger(str(tmp_path), name="tb"), callbacks=[cb], enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
+    )
+    trainer.fit(model, datamodule=dm)
+    taps = model.memel_taps()
+    assert cb.tap_names == taps
+    # one shared MEmeL per cell, stepped once per time step: T_in for encoder, T_out for forecaster cells
+    for name in taps:
+        per_batch = 3 if ".encoder." in name else 2
+        assert cb.memel_for(name).step == 4 * per_batch
+        assert cb.memel_for(name).neuron_shape is not None and len(cb.memel_for(name).neuron_shape) == 3
+    events = read_events(trainer.logger.log_dir)
+    tags = set(events.Tags()["scalars"])
+    for name in taps:
+        assert {f"memel/{name}/selected_frac", f"memel/{name}/mono_ratio", f"memel/{name}/phi_max"} <= tags
+    assert "memel/mono_ratio" in tags and "train_loss" in tags
+    assert {"val_loss", "val_bmse", "val_bmae", "val_csi_0p5", "val_csi_30", "val_hss_2"} <= tags
+    # inhibition started after the late start (6 calls = 2 batches for the encoder)
+    last = [e.value for e in events.Scalars("memel/net.encoder.0.cell.candidate/selected_frac")]
+    assert last[0] == 0.0 and last[-1] > 0.0
+    assert "val_frames" in events.Tags()["images"]
+    img = events.Images("val_frames")[-1]
+    assert (img.width, img.height) == (2 * (24 + 2) - 2, 2 * 24 + 2)
+
+
+@pytest.mark.parametrize("name", ["convgru_hko7_memel", "convgru_synthetic_memel", "convgru_synthetic_baseline"])
+def test_configs_instantiate(name, tmp_path):
+    from memel_lightning.cli import main
+
+    cli = main(["--config", f"configs/{name}.yaml", "--data.root", str(tmp_path), "--trainer.logger", "false"], run=False)
+    assert isinstance(cli.model, Nowcaster) and isinstance(cli.datamodule, HKO7DataModule)
+    assert cli.model.hparams.batch_first == cli.datamodule.batch_first
+    assert (cli.model.hparams.in_frames, cli.model.hparams.out_frames) == (cli.datamodule.in_frames, cli.datamodule.out_frames)
+    memels = [c for c in cli.trainer.callbacks if isinstance(c, MEmeLCallback)]
+    if name.endswith("memel"):
+        # late_start / forget_steps count time steps: 10 batches of in_frames calls
+        assert memels[0].memel_kwargs["late_start"] == 10 * cli.model.hparams.in_frames
+    else:
+        assert not memels
