@@ -233,6 +233,7 @@ class MEmeL(nn.Module):
             num = z2.shape[1]
             mu, v = self.moments.view(num)
             denom = v + variance_floor(self.moments.var, self.moments.count, self.eps)
+            self.strategy.record_metrics = self.record_metrics
             out2 = self.strategy(z2, selected, TapStatistics(mu, denom))
         else:
             out2 = z2
