@@ -193,3 +193,13 @@ def test_fkr_zero_without_kills_and_before_late_start():
     memel = MEmeL(selector=_Fixed(torch.ones(4, 3, dtype=torch.bool)), strategy="none", late_start=5)
     memel(torch.randn(4, 3))
     assert memel.last_metrics["fkr"].item() == 0.0 and memel.last_metrics["kills"].item() == 0.0
+
+
+@pytest.mark.parametrize("strategy,late_start", [("none", 0), ("reverse", 5), ("regularize", 5)])
+def test_output_keeps_the_tap_shape_when_nothing_is_rewritten(strategy, late_start):
+    """A (B, L, H) tap whose values pass through (strategy none, or before the late start)
+    must come back as (B, L, H), not as the (B*L, H) sample matrix."""
+    memel = MEmeL(strategy=strategy, late_start=late_start, reduce_dims=(0,))
+    z = torch.randn(2, 3, 4)
+    out = memel(z)
+    assert out.shape == z.shape and torch.equal(out, z)
