@@ -146,3 +146,15 @@ def test_text_datamodule_fit_logs_l2e_tags(tmp_path):
     small = CausalLM("tiny", config_overrides={"vocab_size": 256})
     with pytest.raises(ValueError, match="vocab_size"):
         _trainer(tmp_path, [], steps=1).fit(small, datamodule=dm)
+
+
+def test_load_from_local_checkpoint_folder(tmp_path):
+    src = CausalLM("tiny")
+    src.model.save_pretrained(tmp_path / "ckpt")
+    loaded = CausalLM(str(tmp_path / "ckpt"))
+    assert loaded.memel_taps() == src.memel_taps()
+    ids = torch.randint(0, 512, (1, 9))
+    src.eval(), loaded.eval()
+    torch.testing.assert_close(loaded(ids), src(ids))
+    with pytest.raises(ValueError, match="unknown GPT-NeoX preset"):
+        CausalLM(str(tmp_path / "missing"))
