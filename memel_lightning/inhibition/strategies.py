@@ -130,7 +130,8 @@ class _IdentityWithRegulariser(torch.autograd.Function):
         z, selected, mean, coef = ctx.saved_tensors
         work = torch.promote_types(z.dtype, torch.float32)
         # d/dz [lambda/N * (z - mu)^2 / denom] = 2 * lambda / (N * denom) * (z - mu) on selected values
-        extra = torch.where(selected, (z.to(work) - mean.to(work)) * coef.to(work), 0.0)
+        extra = z.to(work) - mean.to(work)  # a new tensor: z itself is never written
+        extra.mul_(coef.to(work)).masked_fill_(selected.logical_not(), 0.0)
         return grad + extra.to(grad.dtype), None, None, None
 
 
