@@ -134,6 +134,16 @@ class MEmeL(nn.Module):
         self.selector.sync_dist = bool(value)
 
     @property
+    def record_metrics(self) -> bool:
+        """Whether this step keeps metrics (also tells the strategy, e.g. ``Regularize.last_loss``)."""
+        return self._record_metrics
+
+    @record_metrics.setter
+    def record_metrics(self, value: bool) -> None:
+        self._record_metrics = bool(value)
+        self.strategy.record_metrics = bool(value)
+
+    @property
     def inhibiting(self) -> bool:
         """Whether the next training batch is past the late start."""
         return self.step >= self.late_start
@@ -233,7 +243,6 @@ class MEmeL(nn.Module):
             num = z2.shape[1]
             mu, v = self.moments.view(num)
             denom = v + variance_floor(self.moments.var, self.moments.count, self.eps)
-            self.strategy.record_metrics = self.record_metrics
             out2 = self.strategy(z2, selected, TapStatistics(mu, denom))
         else:
             out2 = z2
