@@ -127,11 +127,12 @@ class TextDataModule(pl.LightningDataModule):
 
     Example:
         >>> import tempfile
-        >>> dm = TextDataModule(demo=True, seq_len=32, batch_size=4, vocab_size=512,
-        ...                     cache_dir=tempfile.mkdtemp())
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> dm = TextDataModule(demo=True, seq_len=32, batch_size=4, vocab_size=512, cache_dir=tmp.name)
         >>> dm.prepare_data(); dm.setup("fit")
         >>> dm.vocab_size <= 512, next(iter(dm.train_dataloader()))["input_ids"].shape
         (True, torch.Size([4, 33]))
+        >>> tmp.cleanup()
     """
 
     def __init__(
