@@ -134,6 +134,16 @@ class MEmeL(nn.Module):
         self.selector.sync_dist = bool(value)
 
     @property
+    def record_metrics(self) -> bool:
+        """Whether this step keeps metrics (also tells the strategy, e.g. ``Regularize.last_loss``)."""
+        return self._record_metrics
+
+    @record_metrics.setter
+    def record_metrics(self, value: bool) -> None:
+        self._record_metrics = bool(value)
+        self.strategy.record_metrics = bool(value)
+
+    @property
     def inhibiting(self) -> bool:
         """Whether the next training batch is past the late start."""
         return self.step >= self.late_start

@@ -112,20 +112,21 @@ class MovingThreshold(Selector):
         self._started = None
 
     @torch.no_grad()
-    def _initial_tau(self, phi: Tensor, mask: Optional[Tensor]) -> Tensor:
-        values = phi.flatten() if mask is None else phi[mask]
+    def _initial_tau(self, phi: Tensor, mask: Optional[Tensor]) -> Optional[Tensor]:
+        values = phi.flatten() if mask is None else phi[mask]  # once: a host sync is fine here
         if values.numel() == 0:
-            return self.tau
+            return None
         k = max(1, min(values.numel(), math.ceil((1.0 - self.target_ratio) * values.numel())))
         return values.float().kthvalue(k).values
 
     def forward(self, phi: Tensor, mask: Optional[Tensor] = None, update: bool = True) -> Tensor:
         if self._started is None:
-            self._started = not bool(torch.isnan(self.tau))
+            self._started = not bool(torch.isnan(self.tau))  # once after a checkpoint load
         if not self._started:
-            if not update:
+            tau0 = self._initial_tau(phi, mask) if update else None
+            if tau0 is None:  # nothing to start from (eval before training, or all masked)
                 return torch.zeros_like(phi, dtype=torch.bool)
-            self.tau = self._initial_tau(phi, mask).to(self.tau)
+            self.tau = tau0.to(self.tau)
             if self.sync_dist and dist.is_available() and dist.is_initialized():
                 dist.all_reduce(self.tau)  # every rank starts from the mean of the ranks' quantiles
                 self.tau /= dist.get_world_size()
@@ -134,18 +135,27 @@ class MovingThreshold(Selector):
         if mask is not None:
             selected &= mask
         if update:
-            with torch.no_grad():
-                counts = torch.stack([
-                    selected.sum().float(),
-                    torch.tensor(float(phi.numel()), device=phi.device) if mask is None else mask.sum().float(),
-                ])
-                if self.sync_dist and dist.is_available() and dist.is_initialized():
-                    dist.all_reduce(counts)
-                fraction = counts[0] / counts[1].clamp(min=1.0)
-                step = ((fraction - self.target_ratio) / self.target_ratio).clamp(-1.0, 1.0)
-                self.tau = self.tau * torch.exp(self.lr * step)
-                self.last_fraction = fraction
+            self._update(selected, mask)
         return selected
+
+    @torch.no_grad()
+    def _update(self, selected: Tensor, mask: Optional[Tensor]) -> None:
+        # Everything stays on the device: no .item(), no tensor built from a host value
+        # (a host-to-device copy of a pageable scalar would synchronise the stream).
+        hits = selected.sum(dtype=torch.float32)
+        if self.sync_dist and dist.is_available() and dist.is_initialized():
+            total = hits.new_full((), float(selected.numel())) if mask is None else mask.sum(dtype=torch.float32)
+            counts = torch.stack([hits, total])
+            dist.all_reduce(counts)
+            fraction = counts[0] / counts[1].clamp(min=1.0)
+        elif mask is None:
+            fraction = hits / max(selected.numel(), 1)
+        else:
+            fraction = hits / mask.sum(dtype=torch.float32).clamp(min=1.0)
+        # log tau <- log tau + lr * clip((f - rho) / rho, -1, 1)
+        step = ((fraction - self.target_ratio) / self.target_ratio).clamp_(-1.0, 1.0)
+        self.tau.mul_(torch.exp(step.mul_(self.lr)))
+        self.last_fraction.copy_(fraction)
 
     def extra_repr(self) -> str:
         return f"target_ratio={self.target_ratio}, lr={self.lr}"

@@ -58,7 +58,14 @@ class ReplaceWithMean(torch.autograd.Function):
 
 
 class Strategy(nn.Module):
-    """Base class: ``forward(z, selected, stats) -> z'`` of z's shape and dtype."""
+    """Base class: ``forward(z, selected, stats) -> z'`` of z's shape and dtype.
+
+    ``record_metrics`` is set by :class:`~memel_lightning.inhibition.MEmeL` before every
+    call; a strategy with metrics of its own (``Regularize.last_loss``) computes them
+    only when it is true, so steps that log nothing pay nothing for them.
+    """
+
+    record_metrics: bool = True
 
     def forward(self, z: Tensor, selected: Tensor, stats: TapStatistics) -> Tensor:
         raise NotImplementedError
@@ -105,20 +112,27 @@ class NoInhibition(Strategy):
 
 
 class _IdentityWithRegulariser(torch.autograd.Function):
-    """Identity forward; backward adds the gradient of the L2E regulariser."""
+    """Identity forward; backward adds the gradient of the L2E regulariser.
+
+    ``coef`` is ``2 * lambda / (N * denom)`` per neuron, so the added gradient is
+    ``coef * (z - mu)`` on selected values and 0 elsewhere. Saves ``z`` (shared with the
+    next layer's saved input in a Transformer MLP, so no extra memory) and the bool
+    selection; computes in float32 (float64 for a float64 ``z``).
+    """
 
     @staticmethod
-    def forward(ctx, z: Tensor, selected: Tensor, mean: Tensor, denom: Tensor, scale: float) -> Tensor:
-        ctx.save_for_backward(z, selected, mean, denom)
-        ctx.scale = scale
+    def forward(ctx, z: Tensor, selected: Tensor, mean: Tensor, coef: Tensor) -> Tensor:
+        ctx.save_for_backward(z, selected, mean, coef)
         return z.view_as(z)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        z, selected, mean, denom = ctx.saved_tensors
-        # d/dz [scale * (z - mu)^2 / denom] = 2 * scale * (z - mu) / denom on selected values
-        extra = (z.float() - mean).mul_(2.0 * ctx.scale).div_(denom).masked_fill_(~selected, 0.0)
-        return grad + extra.to(grad.dtype), None, None, None, None
+        z, selected, mean, coef = ctx.saved_tensors
+        work = torch.promote_types(z.dtype, torch.float32)
+        # d/dz [lambda/N * (z - mu)^2 / denom] = 2 * lambda / (N * denom) * (z - mu) on selected values
+        extra = z.to(work) - mean.to(work)  # a new tensor: z itself is never written
+        extra.mul_(coef.to(work)).masked_fill_(selected.logical_not(), 0.0)
+        return grad + extra.to(grad.dtype), None, None, None
 
 
 class Regularize(Strategy):
@@ -128,9 +142,22 @@ class Regularize(Strategy):
 
         R = lambda * sum_selected (z - sg(mu))^2 / (v + eps * mean_k(v_k)) / N
 
-    with ``N`` the number of samples (rows) of the tap's input, so R is a per-sample
-    average and does not grow with the batch. The value of R of the last step is kept
-    in ``last_loss`` for logging.
+    with ``N`` the number of samples (rows after pooling ``reduce_dims``) of the tap's
+    input, so R is a per-sample average and does not grow with the batch; ``mu`` and the
+    denominator are the tap's running statistics, constants for autograd. The gradient
+    reaches the parameters through the normal backward of the task loss, as if ``R``
+    had been added to it (an autograd function that is the identity forward). When
+    ``record_metrics`` is on, R of the step is kept in ``last_loss`` for logging
+    (``None`` otherwise: no extra pass over the activations).
+
+    Example:
+        >>> reg = Regularize(reg_lambda=0.5)
+        >>> z = torch.tensor([[1.0, 3.0]], requires_grad=True)
+        >>> stats = TapStatistics(mean=torch.zeros(2), denom=torch.ones(2))
+        >>> out = reg(z, torch.tensor([[False, True]]), stats)
+        >>> out.sum().backward()
+        >>> z.grad   # 1 from the sum, plus 2 * 0.5 * (3 - 0) / 1 on the selected value
+        tensor([[1., 4.]])
     """
 
     def __init__(self, reg_lambda: float = 1e-3) -> None:
@@ -140,11 +167,17 @@ class Regularize(Strategy):
 
     def forward(self, z: Tensor, selected: Tensor, stats: TapStatistics) -> Tensor:
         scale = self.reg_lambda / max(z.shape[0], 1)
-        with torch.no_grad():
-            self.last_loss = ((z.float() - stats.mean).square() / stats.denom).masked_fill(~selected, 0.0).sum() * scale
-        if not z.requires_grad:
+        if self.record_metrics:
+            with torch.no_grad():
+                sq = (z.float() - stats.mean).square_().div_(stats.denom)
+                self.last_loss = torch.where(selected, sq, 0.0).sum() * scale
+        else:
+            self.last_loss = None
+        if not z.requires_grad or not torch.is_grad_enabled():
             return z
-        return _IdentityWithRegulariser.apply(z, selected, stats.mean, stats.denom, scale)
+        work = torch.promote_types(z.dtype, torch.float32)
+        coef = (2.0 * scale) / stats.denom.to(work).clamp(min=torch.finfo(torch.float32).tiny)
+        return _IdentityWithRegulariser.apply(z, selected, stats.mean, coef)
 
     def extra_repr(self) -> str:
         return f"reg_lambda={self.reg_lambda}"

@@ -1,0 +1,160 @@
+"""CausalLM (GPT-NeoX / Pythia presets) with MEmeL / L2E inhibition on every MLP activation."""
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from memel_lightning import MEmeLCallback
+from memel_lightning.callback import resolve_taps
+from memel_lightning.models.causal_lm import PRESETS, CausalLM, gpt_neox_config
+from tests.tb_utils import scalar_tags
+
+
+class RandomTokens(Dataset):
+    def __init__(self, n=32, length=17, vocab=512):
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(0, vocab, (n, length), generator=g)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i]}
+
+
+def _trainer(tmp_path, callbacks, steps=4, logger=False, **kw):
+    return pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, default_root_dir=tmp_path, logger=logger,
+                      enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                      callbacks=callbacks, num_sanity_val_steps=0, limit_val_batches=2, **kw)
+
+
+@pytest.mark.parametrize("name,layers,width,heads,params", [
+    ("pythia-70m", 6, 512, 8, 70_426_624),
+    ("pythia-160m", 12, 768, 12, 162_322_944),
+    ("pythia-410m", 24, 1024, 16, 405_334_016),
+    ("pythia-1b", 16, 2048, 8, 1_011_781_632),
+    ("pythia-2.8b", 32, 2560, 32, 2_775_208_960),
+])
+def test_presets_have_published_shapes(name, layers, width, heads, params):
+    from transformers import GPTNeoXForCausalLM
+
+    cfg = gpt_neox_config(name)
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads) == (layers, width, heads)
+    assert cfg.intermediate_size == 4 * width and cfg.vocab_size == 50304 and cfg.use_parallel_residual
+    assert cfg.max_position_embeddings == 2048
+    with torch.device("meta"):
+        model = GPTNeoXForCausalLM(cfg)
+    assert sum(p.numel() for p in model.parameters()) == params  # the Pythia paper's total parameter counts
+
+
+def test_taps_resolve_on_every_layer():
+    lm = CausalLM("tiny-4l")
+    taps = lm.memel_taps()
+    assert taps == [f"model.gpt_neox.layers.{i}.mlp.act" for i in range(4)]
+    assert resolve_taps(lm, taps) == taps
+    assert resolve_taps(lm, ["model.gpt_neox.layers.*.mlp.act"]) == taps
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    lm = CausalLM("tiny", warmup_ratio=0.1, min_lr_ratio=0.1)
+    total = 100
+    f = [lm.lr_factor(s, total) for s in range(total + 1)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0)
+    assert f[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f[100] == pytest.approx(0.1)
+    assert lm.lr == PRESETS["tiny"]["lr"]
+
+
+@pytest.mark.parametrize("selector,strategy", [
+    ("moving_threshold", "regularize"),
+    ("topk", "reverse"),
+    ("threshold", "mean_nograd"),
+    ("moving_threshold", "mean_passthrough"),
+    ("topk", "regularize"),
+    ("moving_threshold", "none"),
+])
+def test_tiny_fit_with_each_selector_and_strategy(tmp_path, selector, strategy):
+    lm = CausalLM("tiny")
+    before = {n: p.detach().clone() for n, p in lm.named_parameters()}
+    cb = MEmeLCallback(taps="default", log_every_n_steps=1, hist_every_n_steps=100,
+                       memel=dict(selector=selector, tau=4.0, target_ratio=0.05, strategy=strategy,
+                                  reduce_dims=[0], late_start=1))
+    loader = DataLoader(RandomTokens(), batch_size=4)
+    _trainer(tmp_path, [cb], steps=4).fit(lm, loader)
+    assert all(torch.isfinite(p).all() for p in lm.parameters())
+    assert any(not torch.equal(before[n], p) for n, p in lm.named_parameters())
+    for tap in lm.memel_taps():
+        memel = cb.memel_for(tap)
+        assert memel.step == 4 and memel.moments.num_neurons == 4 * 64  # every MLP unit is a neuron
+        m = memel.last_metrics
+        assert m["values"].item() == (4 * 16) * (4 * 64)  # every token is a sample of every MLP unit
+        assert 0.0 <= m["fkr"].item() <= 1.0
+        if selector != "threshold":
+            assert m["kills"].item() > 0
+        assert ("reg_loss" in m) == (strategy == "regularize")
+    metrics = cb.collect_metrics()
+    assert "memel/fkr" in metrics and "memel/mono_ratio" in metrics
+
+
+def test_regularize_leaves_the_forward_unchanged(tmp_path):
+    torch.manual_seed(0)
+    lm = CausalLM("tiny")
+    cb = MEmeLCallback(memel=dict(selector="moving_threshold", strategy="regularize", reduce_dims=[0],
+                                  late_start=0, reg_lambda=10.0))
+    trainer = _trainer(tmp_path, [cb], steps=1)
+    trainer.fit(lm, DataLoader(RandomTokens(), batch_size=4))
+    cb.teardown(trainer, lm, "fit")
+    ids = RandomTokens()[0]["input_ids"][None, :-1]
+    lm.train()
+    plain = lm(ids)
+    cb._install(lm)
+    hooked = lm(ids)
+    cb._remove_hooks()
+    torch.testing.assert_close(hooked, plain, rtol=0, atol=0)
+
+
+def test_text_datamodule_fit_logs_l2e_tags(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from memel_lightning.data.text import TextDataModule
+
+    docs = tmp_path / "docs.jsonl"
+    import json
+    import random
+
+    rnd = random.Random(0)
+    words = "the cat sat on a mat while dogs ran to the park and back again".split()
+    with open(docs, "w") as f:
+        for _ in range(80):
+            f.write(json.dumps({"text": " ".join(rnd.choice(words) for _ in range(rnd.randint(10, 60)))}) + "\n")
+    dm = TextDataModule(files=str(docs), vocab_size=300, seq_len=16, batch_size=4, val_fraction=0.1,
+                        cache_dir=str(tmp_path / "cache"))
+    lm = CausalLM("tiny", config_overrides={"vocab_size": 384})
+    cb = MEmeLCallback(log_every_n_steps=2, hist_every_n_steps=4,
+                       memel=dict(selector="moving_threshold", strategy="regularize", reduce_dims=[0], late_start=1))
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = _trainer(tmp_path, [cb], steps=5, logger=logger, log_every_n_steps=1, val_check_interval=5)
+    trainer.fit(lm, datamodule=dm)
+    tags = scalar_tags(logger.log_dir)
+    for tap in lm.memel_taps():
+        for metric in ("fkr", "selected_frac", "mono_ratio", "reg_loss"):
+            assert f"memel/{tap}/{metric}" in tags
+    assert {"memel/fkr", "memel/mono_ratio", "train_loss", "val_loss", "val_ppl"} <= set(tags)
+    small = CausalLM("tiny", config_overrides={"vocab_size": 256})
+    with pytest.raises(ValueError, match="vocab_size"):
+        _trainer(tmp_path, [], steps=1).fit(small, datamodule=dm)
+
+
+def test_load_from_local_checkpoint_folder(tmp_path):
+    src = CausalLM("tiny")
+    src.model.save_pretrained(tmp_path / "ckpt")
+    loaded = CausalLM(str(tmp_path / "ckpt"))
+    assert loaded.memel_taps() == src.memel_taps()
+    ids = torch.randint(0, 512, (1, 9))
+    src.eval(), loaded.eval()
+    torch.testing.assert_close(loaded(ids), src(ids))
+    with pytest.raises(ValueError, match="unknown GPT-NeoX preset"):
+        CausalLM(str(tmp_path / "missing"))
