@@ -2,14 +2,12 @@
 weights and MEmeL statistics, bit for bit on CPU, as an uninterrupted run."""
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader
 
 from memel_lightning.callback import MEmeLCallback
 from memel_lightning.data.digits import DigitsDataModule
@@ -90,40 +88,8 @@ def test_resume_moving_threshold_is_bit_exact(tmp_path):
     assert torch.equal(tau_full, resumed[1].memel_for("hidden.1").selector.tau) and torch.isfinite(tau_full)
 
 
-class ResumableLoader(DataLoader):
-    """A DataLoader that Lightning can resume mid-epoch: it has ``state_dict`` /
-    ``load_state_dict`` (Lightning's ``_Stateful``), records how many batches of the
-    current epoch it has handed out, and after a load skips that many at the start of
-    its next iteration (the order itself comes from EpochSeededSampler's seed + epoch)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.yielded = 0
-        self.skip = 0
-
-    def __iter__(self):
-        skip, self.skip = self.skip, 0
-        self.yielded = 0
-        for i, batch in enumerate(super().__iter__()):
-            self.yielded = i + 1
-            if i >= skip:
-                yield batch
-
-    def state_dict(self) -> dict:
-        return {"yielded": self.yielded}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.skip = int(state["yielded"])
-
-
-class ResumableDigits(DigitsDataModule):
-    def train_dataloader(self) -> DataLoader:
-        plain = super().train_dataloader()
-        return ResumableLoader(plain.dataset, batch_size=plain.batch_size, sampler=plain.sampler, drop_last=True)
-
-
-def test_resume_mid_epoch_with_a_resumable_loader_is_bit_exact(tmp_path, monkeypatch):
-    """Mid-epoch resume (stopped by ``max_steps``) is exact only with a resumable loader.
+def test_resume_mid_epoch_is_bit_exact(tmp_path):
+    """Mid-epoch resume (stopped by ``max_steps``) is exact thanks to a resumable loader.
 
     Lightning 2.6 restores its loop counters from a mid-epoch checkpoint, but a plain
     DataLoader restarts the epoch from its first batch: Lightning then warns "You're
@@ -131,20 +97,29 @@ def test_resume_mid_epoch_with_a_resumable_loader_is_bit_exact(tmp_path, monkeyp
     not resumable" and trains on the epoch's first batches again instead of the
     remaining ones (the weights differ from an uninterrupted run). It asks the loader
     for ``state_dict()`` when saving and calls ``load_state_dict()`` on resume (only if
-    every train loader has both). DigitsDataModule's plain loader is therefore exact at
-    epoch boundaries only (the test above); with a loader that skips the batches it
-    already served (``ResumableLoader`` here) a resume after 5 of 8 batches is
-    bit-exact too.
+    every train loader has both). DigitsDataModule's train loader is a
+    ``ResumableDataLoader``, which skips the batches it already served: a resume after
+    5 of 8 batches is bit-exact.
     """
-    monkeypatch.setattr(sys.modules[__name__], "DigitsDataModule", ResumableDigits)
     full_model, full_cb, _ = run(tmp_path / "full", MEMEL, max_epochs=2)
     kw = dict(ckpt_kw=dict(every_n_train_steps=5))
     first = run(tmp_path / "split", MEMEL, max_steps=5, max_epochs=2, **kw)
     assert first[2].global_step == 5 and first[1]._train_batches == 5
     last = tmp_path / "split" / "ckpt" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"yielded": 5}]
+    assert torch.load(last, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"served": 5}]
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*not resumable.*")
         resumed = run(tmp_path / "split", MEMEL, ckpt_path=str(last), max_epochs=2, **kw)
     assert resumed[2].global_step == 2 * LIMIT
     assert_identical((full_model, full_cb), resumed[:2])
+
+
+def test_resumable_loader_discards_served_batches_with_any_sampler():
+    from memel_lightning.data.samplers import ResumableDataLoader
+
+    loader = ResumableDataLoader(list(range(9)), batch_size=2, shuffle=False)
+    full = [b.tolist() for b in loader]
+    assert loader.state_dict() == {"served": 5}
+    loader.load_state_dict({"served": 2})
+    assert [b.tolist() for b in loader] == full[2:] and loader.state_dict() == {"served": 5}
+    assert [b.tolist() for b in loader] == full  # the next epoch starts from the beginning

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from .samplers import EpochSeededSampler
+from .samplers import EpochSeededSampler, ResumableDataLoader
 
 
 class DigitsDataModule(pl.LightningDataModule):
@@ -17,7 +17,8 @@ class DigitsDataModule(pl.LightningDataModule):
     Batches are ``(images, labels)`` with images ``(B, channels, image_size, image_size)``
     scaled to [0, 1] (bilinear upsampling when ``image_size > 8``). The train/val split
     is fixed by ``seed`` (stratified, ``val_fraction`` of each class) and the training
-    order depends only on ``seed`` and the epoch, so resumed runs are exact.
+    order depends only on ``seed`` and the epoch, so resumed runs are exact, also from a
+    mid-epoch checkpoint (:class:`~memel_lightning.data.samplers.ResumableDataLoader`).
 
     Example:
         >>> dm = DigitsDataModule(batch_size=16, image_size=32)
@@ -75,7 +76,7 @@ class DigitsDataModule(pl.LightningDataModule):
         self.val_set = TensorDataset(images[val_idx], labels[val_idx])
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        return ResumableDataLoader(
             self.train_set,
             batch_size=self.batch_size,
             sampler=EpochSeededSampler(self.train_set, seed=self.seed),

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .samplers import EpochSeededSampler
+from .samplers import EpochSeededSampler, ResumableDataLoader
 
 PathLike = Union[str, os.PathLike]
 SPLITS = ("train", "valid", "test")
@@ -337,7 +337,7 @@ class HKO7DataModule(pl.LightningDataModule):
         if split not in self.datasets:
             self.datasets[split] = self.build(split)
         data = self.datasets[split]
-        return DataLoader(
+        return (ResumableDataLoader if train else DataLoader)(
             data,
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=EpochSeededSampler(data, seed=self.seed) if train else None,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .samplers import EpochSeededSampler
+from .samplers import EpochSeededSampler, ResumableDataLoader
 
 EOS = "<|endoftext|>"
 DEMO_MODULES = (
@@ -364,7 +364,7 @@ class TextDataModule(pl.LightningDataModule):
             )
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        return ResumableDataLoader(  # pre-training checkpoints mid-epoch: resume exactly
             self.train_set,
             batch_size=self.batch_size,
             sampler=EpochSeededSampler(self.train_set, seed=self.seed),
