@@ -228,7 +228,7 @@ def load_base_config(path: str | Path, sweep_path: Optional[str] = None) -> dict
     if not path.is_file():
         where = f" (named by sweep file {sweep_path})" if sweep_path else ""
         raise SweepConfigError(
-            f"base config {path}{where} does not exist; the sweep needs the domain's config file "
+            f"base config {path} does not exist{where}; the sweep needs the domain's config file "
             "(is that domain installed on this branch?) or pass another one with --config"
         )
     config = yaml.safe_load(path.read_text()) or {}
