@@ -1,5 +1,7 @@
 """Ground-truth toy: the true-monosemanticity measure on hand-made weights, phi selection
 quality against direct computations, and a short fit that logs the ground-truth metrics."""
+import shutil
+
 import lightning.pytorch as pl
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from scipy import stats
 from torch import nn
 
 from memel_lightning import MEmeLCallback
+from memel_lightning.analysis import toy_report
 from memel_lightning.analysis.ground_truth import (
     feature_response,
     mass_share,
@@ -129,6 +132,22 @@ def test_toy_fit_logs_ground_truth_metrics(tmp_path):
     with torch.no_grad():
         recon = float(((model(x) - x) ** 2).mean())
     assert acc.Scalars("val_loss")[-1].value == pytest.approx(recon, rel=1e-4)
+
+    # the toy report reads the same numbers back (a one-run "sweep")
+    run = tmp_path / "sweep" / "memel" / "seed_0"
+    run.mkdir(parents=True)
+    for f in tmp_path.glob("events.out.tfevents.*"):
+        shutil.copy(f, run / f.name)
+    (run / "done.json").write_text("{}")
+    summary = toy_report.summarize(toy_report.collect(tmp_path / "sweep"))["memel"]
+    tp, sel = acc.Scalars("val_phi_true_positives")[-1].value, acc.Scalars("val_phi_selected")[-1].value
+    if sel:
+        assert summary["pooled_precision"] == pytest.approx(tp / sel)
+    else:
+        assert np.isnan(summary["pooled_precision"])
+    assert summary["val_poly_neurons"] == int((alive & ~mono).sum())
+    paths = toy_report.write(toy_report.collect(tmp_path / "sweep"), {"memel": summary}, tmp_path / "rep")
+    assert paths["png"].stat().st_size > 0 and "`memel`" in paths["md"].read_text()
 
 
 def test_hidden_must_not_be_smaller_than_features():
