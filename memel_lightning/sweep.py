@@ -390,7 +390,7 @@ def run_sweep(
             if done.is_file():
                 info = json.loads(done.read_text())
                 results.append(RunResult(v.name, seed, float(info["value"]), str(run_dir), skipped=True))
-                print(f"[sweep] {v.name} seed {seed}: finished before ({spec.metric}={info['value']:.6g}), skipped")
+                print(f"[sweep] {v.name} seed {seed}: finished before ({spec.metric}={info['value']:.6g}), skipped", flush=True)
                 continue
             if run_dir.exists():  # an interrupted run: start it again from scratch
                 shutil.rmtree(run_dir)
@@ -398,7 +398,7 @@ def run_sweep(
             config = variant_config(base_for(v), v, seed, run_dir, spec.overrides)
             config_path = run_dir / "sweep_config.yaml"
             config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-            print(f"[sweep] {v.name} seed {seed}: running in {run_dir}")
+            print(f"[sweep] {v.name} seed {seed}: running in {run_dir}", flush=True)
             try:
                 fit(config_path)
             except BaseException as exc:

@@ -143,12 +143,14 @@ def test_missing_base_config_is_a_clear_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("name", ["digits", "glue", "swin", "nowcasting", "toy_polysemantic"])
+@pytest.mark.parametrize("name", ["digits", "digits_quick", "glue", "swin", "nowcasting", "toy_polysemantic"])
 def test_shipped_sweep_files_parse(name):
     spec = load_sweep(REPO / "configs" / "sweeps" / f"{name}.yaml")
     assert spec.baseline == "baseline" and spec.variant("baseline").callback is False
     assert spec.base is not None
-    if name != "toy_polysemantic":
+    if name == "digits_quick":
+        assert len([v for v in spec.variants if v.tune]) == 4
+    elif name != "toy_polysemantic":
         names = [v.name for v in spec.variants]
         assert {"naive_a", "naive_b", "memel"} <= set(names)
         cells = [v.tune for v in spec.variants if v.tune]

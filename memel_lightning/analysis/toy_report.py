@@ -105,16 +105,22 @@ def write(data: dict, summary: dict, out: Path, tau: float = 9.0) -> dict[str, P
     md.write_text("\n".join(lines))
     (out / "toy_report.json").write_text(json.dumps(summary, indent=1))
 
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    fig, axes = plt.subplots(1, 5, figsize=(21, 3.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     panels = [("val_poly_neurons", "polysemantic neurons (truth)"), ("val_loss", "validation reconstruction MSE"),
-              ("val_phi_precision", "precision of phi selection"), ("memel/mono_ratio", "memel/mono_ratio (train batches)")]
-    for ax, (tag, title) in zip(axes, panels):
-        for i, (v, runs) in enumerate(data.items()):
-            for j, r in enumerate(runs.values()):
-                if r[tag]:
-                    s, y = zip(*r[tag])
-                    ax.plot(s, y, color=colors[i % len(colors)], lw=1, alpha=0.8, label=v if j == 0 else None)
+              ("val_phi_precision", "precision of phi selection (max phi > tau)"),
+              (("val_true_mono_ratio", "val_phi_mono_ratio"), "mono ratio: truth (solid) vs phi (dashed)"),
+              ("memel/mono_ratio", "memel/mono_ratio (training batches)")]
+    for ax, (tags, title) in zip(axes, panels):
+        tags = tags if isinstance(tags, tuple) else (tags,)
+        for k, tag in enumerate(tags):
+            for i, (v, runs) in enumerate(data.items()):
+                for j, r in enumerate(runs.values()):
+                    if r[tag]:
+                        s, y = zip(*r[tag])
+                        ax.plot(s, y, color=colors[i % len(colors)], lw=1, alpha=0.8, ls="--" if k else "-",
+                                label=v if j == 0 and k == 0 else None)
+        tag = tags[0]
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("training step")
         if tag == "val_loss":
