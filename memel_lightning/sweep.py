@@ -488,8 +488,14 @@ def best_tune_cell(spec: SweepSpec, summaries: Sequence[VariantSummary]) -> Opti
     return max(cells, key=lambda s: s.mean) if spec.mode == "max" else min(cells, key=lambda s: s.mean)
 
 
-def _num(x: float, digits: int = 4) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+def _num(x: float, digits: int = 4, sci: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    return f"{x:.{digits - 1}e}" if sci else f"{x:.{digits}f}"
+
+
+def _p(x: float) -> str:
+    return _num(x, 3, sci=not math.isnan(x) and 0 < x < 1e-3)
 
 
 def write_report(spec: SweepSpec, out_dir: str | Path) -> dict[str, Path]:
@@ -527,14 +533,20 @@ def write_report(spec: SweepSpec, out_dir: str | Path) -> dict[str, Path]:
     header = ["variant"] + [f"seed {k}" for k in spec.seeds] + ["mean", "std", "diff", "t", "p", "mono_ratio"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
+    scale = max([abs(v) for s in summaries for v in s.values.values()] or [1.0])
+    sci = 0 < scale < 0.01  # tiny metrics (a reconstruction MSE): scientific notation throughout
+
+    def num(x: float) -> str:
+        return _num(x, sci=sci)
+
     for s in summaries:
-        cells = [f"`{s.name}`"] + [_num(s.values.get(k, math.nan)) for k in spec.seeds]
-        cells += [_num(s.mean), _num(s.std), _num(s.diff), _num(s.t, 3), _num(s.p, 3), _num(s.mono_ratio_last, 3)]
+        cells = [f"`{s.name}`"] + [num(s.values.get(k, math.nan)) for k in spec.seeds]
+        cells += [num(s.mean), num(s.std), num(s.diff), _num(s.t, 3), _p(s.p), _num(s.mono_ratio_last, 3)]
         lines.append("| " + " | ".join(cells) + " |")
     if best is not None:
         cell = ", ".join(f"{k}={_fmt(v)}" for k, v in best.tune.items())
-        lines += ["", f"**Best MEmeL-Tune cell**: `{best.name}` ({cell}): mean {spec.metric} {_num(best.mean)}"
-                  + (f", diff to baseline {_num(best.diff)} (p={_num(best.p, 3)})" if not math.isnan(best.diff) else "")]
+        lines += ["", f"**Best MEmeL-Tune cell**: `{best.name}` ({cell}): mean {spec.metric} {num(best.mean)}"
+                  + (f", diff to baseline {num(best.diff)} (p={_p(best.p)})" if not math.isnan(best.diff) else "")]
         keys = list(best.tune)
         if len(keys) == 2:
             a, b = keys
@@ -545,7 +557,7 @@ def write_report(spec: SweepSpec, out_dir: str | Path) -> dict[str, Path]:
                       "| " + " | ".join([f"{a} \\ {b}"] + [_fmt(x) for x in bvals]) + " |",
                       "|" + "---|" * (len(bvals) + 1)]
             for x in avals:
-                lines.append("| " + " | ".join([_fmt(x)] + [_num(grid.get((x, y), math.nan)) for y in bvals]) + " |")
+                lines.append("| " + " | ".join([_fmt(x)] + [num(grid.get((x, y), math.nan)) for y in bvals]) + " |")
     lines += ["", "![report](report.png)", ""]
     md_path = out / "report.md"
     md_path.write_text("\n".join(lines))

@@ -151,5 +151,5 @@ def format_ablation(rows: Sequence[ClassLoss], tap: str, neuron: int) -> str:
     lines = [f"### Ablation of `{tap}` neuron {neuron} (set to its running mean)", "",
              "| label | samples | loss | ablated loss | increase |", "|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r.increase if not math.isnan(r.increase) else 0.0):
-        lines.append(f"| {r.label} | {r.samples} | {r.loss:.5f} | {r.ablated_loss:.5f} | {r.increase:+.5f} |")
+        lines.append(f"| {r.label} | {r.samples} | {r.loss:.4g} | {r.ablated_loss:.4g} | {r.increase:+.4g} |")
     return "\n".join(lines)

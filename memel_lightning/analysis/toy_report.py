@@ -42,22 +42,28 @@ def collect(sweep_dir: str | Path, variants: Optional[Sequence[str]] = None) -> 
     return out
 
 
-def _last(curve: list) -> float:
-    return float(curve[-1][1]) if curve else math.nan
+def _last(curve: list, step: Optional[int] = None) -> float:
+    """The last value of ``curve``; with ``step``, only if it was logged at that step
+    (a metric the model skipped at the last validation, e.g. a NaN recall, counts as NaN)."""
+    if not curve or (step is not None and curve[-1][0] != step):
+        return math.nan
+    return float(curve[-1][1])
 
 
 def summarize(data: dict[str, dict[str, dict[str, list]]]) -> dict[str, dict[str, Any]]:
     summary: dict[str, dict[str, Any]] = {}
     for variant, runs in data.items():
         row: dict[str, Any] = {"runs": len(runs)}
+        final = {name: (r["val_loss"][-1][0] if r["val_loss"] else None) for name, r in runs.items()}
         for tag in TAGS:
-            values = np.array([_last(r[tag]) for r in runs.values()], dtype=np.float64)
+            values = np.array([_last(r[tag], None if tag.startswith("memel/") else final[name])
+                               for name, r in runs.items()], dtype=np.float64)
             finite = values[~np.isnan(values)]
             row[tag] = float(finite.mean()) if finite.size else math.nan
             row[tag + "_std"] = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
-        tp = sum(_last(r["val_phi_true_positives"]) for r in runs.values())
-        sel = sum(_last(r["val_phi_selected"]) for r in runs.values())
-        mono = sum(_last(r["val_mono_neurons"]) for r in runs.values())
+        tp = sum(_last(r["val_phi_true_positives"], final[n]) for n, r in runs.items())
+        sel = sum(_last(r["val_phi_selected"], final[n]) for n, r in runs.items())
+        mono = sum(_last(r["val_mono_neurons"], final[n]) for n, r in runs.items())
         row["pooled_precision"] = tp / sel if sel else math.nan
         row["pooled_recall"] = tp / mono if mono else math.nan
         row["tp"], row["selected"], row["truly_mono"] = tp, sel, mono
