@@ -1,13 +1,29 @@
-"""LightningCLI entry point: ``python cli.py fit --config configs/<name>.yaml``."""
+"""LightningCLI entry point: ``python cli.py fit --config configs/<name>.yaml``.
+
+Besides LightningCLI's ``fit``, ``validate``, ``test`` and ``predict``, two research
+commands are dispatched before LightningCLI parses anything:
+
+- ``python cli.py sweep --config base.yaml --sweep configs/sweeps/<x>.yaml`` runs a
+  comparison / MEmeL-Tune sweep (:mod:`memel_lightning.sweep`);
+- ``python cli.py probe --config run/config.yaml --ckpt_path run/checkpoints/x.ckpt``
+  probes a trained checkpoint's neurons (:mod:`memel_lightning.analysis`).
+"""
 from __future__ import annotations
 
-from typing import Any, Optional
+import sys
+from typing import Any, Callable, Optional, Sequence
 
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 
 from .checkpoint_io import AtomicCheckpointIO
+
+RESEARCH_HELP = (
+    "Research commands (own options, see `<command> --help`): "
+    "sweep (comparison and MEmeL-Tune sweeps: --config BASE --sweep SWEEP), "
+    "probe (neuron probes on a checkpoint: --config CONFIG --ckpt_path CKPT)."
+)
 
 
 class MEmeLCLI(LightningCLI):
@@ -28,8 +44,31 @@ class MEmeLCLI(LightningCLI):
             config["trainer"]["plugins"] = plugins + [AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if add_subcommands:
+            self.parser.epilog = RESEARCH_HELP
 
-def main(args: Optional[list[str]] = None, run: bool = True) -> MEmeLCLI:
+
+def _sweep(argv: Sequence[str]) -> Any:
+    from .sweep import sweep_main
+
+    return sweep_main(argv)
+
+
+def _probe(argv: Sequence[str]) -> Any:
+    from .analysis.cli import probe_main
+
+    return probe_main(argv)
+
+
+RESEARCH_COMMANDS: dict[str, Callable[[Sequence[str]], Any]] = {"sweep": _sweep, "probe": _probe}
+
+
+def main(args: Optional[list[str]] = None, run: bool = True) -> Any:
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] in RESEARCH_COMMANDS:
+        return RESEARCH_COMMANDS[argv[0]](argv[1:])
     return MEmeLCLI(
         LightningModule,
         LightningDataModule,
