@@ -194,3 +194,28 @@ def test_optimiser_groups_lr_scaling_and_schedule(tmp_path):
         for p in group["params"]:
             no_decay = p.ndim <= 1 or "relative_position_bias_table" in names[id(p)]
             assert group["weight_decay"] == (0.0 if no_decay else 0.05), names[id(p)]
+
+
+def test_training_loss_matches_direct_computation():
+    import numpy as np
+    from timm.data import Mixup
+
+    kwargs = dict(TINY, depths=(1, 1, 2, 1), num_heads=(1, 1, 1, 1), drop_path_rate=0.0)  # deterministic forward
+    x = torch.rand(6, 1, 32, 32, dtype=torch.float32)
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    # label smoothing: (1 - eps) * CE + eps * mean_c(-log p_c), in float64
+    model = ImageClassifier(num_classes=10, model_kwargs=kwargs, label_smoothing=0.1).train()
+    loss = model.training_step((x, y), 0)
+    logp = torch.log_softmax(model(x).double(), -1)
+    want = (0.9 * -logp[torch.arange(6), y] + 0.1 * -logp.mean(-1)).mean()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    # mixup / cutmix: soft-target CE against timm's mixed targets (same random draws)
+    model = ImageClassifier(num_classes=10, model_kwargs=kwargs, label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0).train()
+    np.random.seed(3)
+    loss = model.training_step((x.clone(), y), 0)
+    np.random.seed(3)
+    xm, soft = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)(x.clone(), y)
+    want = (-soft.double() * torch.log_softmax(model(xm).double(), -1)).sum(-1).mean()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="even batch"):
+        model.training_step((x[:5], y[:5]), 0)

@@ -37,6 +37,16 @@ def _run(tmp_path, config):
     )
 
 
+def test_quickstart_config_shows_progress_and_logs_to_tensorboard():
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    assert cfg["trainer"]["enable_progress_bar"] is True
+    assert cfg["trainer"]["logger"]["class_path"].endswith("TensorBoardLogger")
+    assert cfg["trainer"]["logger"]["init_args"]["save_dir"] == "runs/quickstart"
+    assert cfg["data"]["init_args"]["image_size"] == 32
+
+
 def test_quickstart_few_steps_tags_and_accuracy(tmp_path):
     cli = _run(tmp_path, "quickstart.yaml")
     model, data = cli.model, cli.datamodule

@@ -276,7 +276,7 @@ class ImageClassifier(pl.LightningModule):
             logits = self(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.hparams.label_smoothing)
         self.log("train_loss", loss, prog_bar=True)
-        if self.trainer is not None and self.trainer.optimizers:
+        if self._trainer is not None and self._trainer.optimizers:
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 
