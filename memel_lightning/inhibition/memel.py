@@ -238,7 +238,7 @@ class MEmeL(nn.Module):
             out2 = z2
         if self.record_metrics:
             self._record(phi, selected if inhibit else None, m2)
-        return out2 if out2 is z2 else self._restore(out2, z, perm, identity)
+        return z if out2 is z2 else self._restore(out2, z, perm, identity)
 
     # ------------------------------------------------------------------ metrics
     @torch.no_grad()
