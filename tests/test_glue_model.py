@@ -343,6 +343,6 @@ def test_tiny_fit_and_predict_through_the_cli(tmp_path: Path, monkeypatch) -> No
     ckpt = cli.trainer.checkpoint_callback.best_model_path
     assert ckpt
     main(args=["predict", *common, "--ckpt_path", ckpt])
-    lines = (tmp_path / "submissions" / "bert_glue_memel" / "STS-B.tsv").read_text().splitlines()
+    lines = (tmp_path / "runs" / "submissions" / "bert_glue_memel" / "STS-B.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 13
     assert all(0.0 <= float(r.split("\t")[1]) <= 5.0 for r in lines[1:])
