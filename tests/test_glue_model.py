@@ -346,3 +346,26 @@ def test_tiny_fit_and_predict_through_the_cli(tmp_path: Path, monkeypatch) -> No
     lines = (tmp_path / "runs" / "submissions" / "bert_glue_memel" / "STS-B.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 13
     assert all(0.0 <= float(r.split("\t")[1]) <= 5.0 for r in lines[1:])
+
+
+def test_linear_warmup_and_decay_match_transformers() -> None:
+    from transformers import get_linear_schedule_with_warmup
+
+    model = tiny(warmup_ratio=0.1, lr=2e-5)
+
+    class FakeTrainer:
+        estimated_stepping_batches = 50
+
+    model._trainer = FakeTrainer()
+    conf = model.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "step"
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
+    no_decay = {id(p) for p in opt.param_groups[1]["params"]}
+    for name, p in model.model.named_parameters():
+        assert (id(p) in no_decay) == (name.endswith("bias") or "LayerNorm" in name)
+    ref_opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2e-5)
+    ref = get_linear_schedule_with_warmup(ref_opt, num_warmup_steps=5, num_training_steps=50)
+    for _ in range(50):
+        assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], abs=1e-12)
+        opt.step(), sched.step(), ref_opt.step(), ref.step()
