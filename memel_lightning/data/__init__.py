@@ -9,6 +9,7 @@ _REGISTRY = {
     "HKO7DataModule": ".hko7",
     "synthetic_radar": ".synthetic_radar",
     "TextDataModule": ".text",
+    "GlueSubmissionWriter": ".glue_submission",
     "PolysemanticDataModule": ".toy_polysemantic",
 }
 
