@@ -15,13 +15,7 @@ from memel_lightning.models.image import (
     timm_default_taps,
 )
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: one thread avoids OpenMP spin-waits on a shared, oversubscribed CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(embed_dim=8, img_size=32, patch_size=2, window_size=4, in_chans=1)
