@@ -131,6 +131,7 @@ class MEmeLCallback(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         patterns = default_taps(pl_module) if self.taps == "default" else self.taps
         names = resolve_taps(pl_module, patterns)
+        _refuse_recomputation(pl_module)
         if self.tap_names and names != self.tap_names:
             raise ValueError(f"taps changed between runs: {self.tap_names} -> {names}")
         self.tap_names = names
@@ -304,6 +305,18 @@ class MEmeLCallback(Callback):
             memel = self.memel_for(name)
             memel.load_state_dict(_to_device(saved[name], memel.moments.skipped.device))
         self._train_batches = int(state_dict.get("train_batches", 0))
+
+
+def _refuse_recomputation(pl_module: nn.Module) -> None:
+    """Activation checkpointing re-runs tapped modules during backward: their statistics
+    would be merged twice and the recomputed output could differ from the original."""
+    for name, module in pl_module.named_modules():
+        if getattr(module, "is_gradient_checkpointing", False):
+            raise ValueError(
+                f"{type(module).__name__} at {name or 'the model'!r} has gradient checkpointing on; MEmeL taps "
+                "inside recomputed blocks would update their statistics twice per step. Turn it off "
+                "(e.g. CausalLM(gradient_checkpointing=False)) while MEmeLCallback is installed"
+            )
 
 
 def _key(tap: str) -> str:

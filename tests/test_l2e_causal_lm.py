@@ -158,3 +158,21 @@ def test_load_from_local_checkpoint_folder(tmp_path):
     torch.testing.assert_close(loaded(ids), src(ids))
     with pytest.raises(ValueError, match="unknown GPT-NeoX preset"):
         CausalLM(str(tmp_path / "missing"))
+
+
+def test_callback_refuses_gradient_checkpointing(tmp_path):
+    import lightning.pytorch as pl
+
+    from memel_lightning.callback import MEmeLCallback
+
+    model = CausalLM("tiny", gradient_checkpointing=True)
+    cb = MEmeLCallback(taps="default")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        cb.setup(trainer, model, "fit")
+
+
+def test_local_checkpoint_loads_in_training_mode(tmp_path):
+    CausalLM("tiny").model.save_pretrained(tmp_path / "ckpt")
+    model = CausalLM(str(tmp_path / "ckpt"))
+    assert all(m.training for m in model.modules())

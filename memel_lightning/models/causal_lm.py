@@ -125,6 +125,9 @@ class CausalLM(pl.LightningModule):
             config._attn_implementation = attn_implementation
             self.model = GPTNeoXForCausalLM(config)
             default_lr = PRESETS[model]["lr"]
+        # transformers 5 returns from_pretrained models in eval mode and Lightning keeps each
+        # submodule's mode: without this, dropout and the MEmeL taps would be off in training.
+        self.model.train(self.training)
         self.lr = float(lr) if lr is not None else default_lr
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
