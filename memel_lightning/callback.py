@@ -11,7 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
-from .inhibition import MEmeL
+from .inhibition import MEmeL, Regularize
 
 AGGREGATED = ("mono_ratio", "fkr")
 PER_TAP = ("selected_frac", "mono_ratio", "phi_mean", "phi_max", "fkr", "reg_loss")
@@ -198,10 +198,13 @@ class MEmeLCallback(Callback):
         step = self._train_batches
         record = step % self.log_every_n_steps == 0
         histogram = step % self.hist_every_n_steps == 0
+        multiplier = _loss_multiplier(trainer)
         for memel in self.memels.values():
             memel.record_metrics = record or histogram
             memel.record_histogram = histogram
             memel.last_metrics = {}
+            if isinstance(memel.strategy, Regularize):
+                memel.strategy.grad_multiplier = multiplier
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -305,6 +308,17 @@ class MEmeLCallback(Callback):
             memel = self.memel_for(name)
             memel.load_state_dict(_to_device(saved[name], memel.moments.skipped.device))
         self._train_batches = int(state_dict.get("train_batches", 0))
+
+
+def _loss_multiplier(trainer: Trainer) -> Union[float, Tensor]:
+    """The factor Lightning applies to the loss before backward: ``1 / accumulate_grad_batches``
+    times the AMP GradScaler's scale (kept as a device tensor: no host sync)."""
+    multiplier: Union[float, Tensor] = 1.0 / max(int(trainer.accumulate_grad_batches), 1)
+    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+    if scaler is not None and scaler.is_enabled():
+        scale = getattr(scaler, "_scale", None)  # None until the scaler's first use
+        multiplier = multiplier * (scale if scale is not None else scaler.get_scale())
+    return multiplier
 
 
 def _refuse_recomputation(pl_module: nn.Module) -> None:

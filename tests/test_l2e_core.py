@@ -203,3 +203,37 @@ def test_output_keeps_the_tap_shape_when_nothing_is_rewritten(strategy, late_sta
     z = torch.randn(2, 3, 4)
     out = memel(z)
     assert out.shape == z.shape and torch.equal(out, z)
+
+
+def test_regulariser_gradient_is_scaled_like_the_task_loss():
+    """Lightning backpropagates loss * c (c = 1/accumulate_grad_batches times the AMP scale):
+    the regulariser's gradient must be that of (task + R) * c, as if R were in the loss."""
+    from memel_lightning.inhibition import Regularize, TapStatistics
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    mu, denom = torch.randn(5, generator=g, dtype=torch.float64), torch.rand(5, generator=g, dtype=torch.float64) + 0.5
+    selected = torch.rand(6, 5, generator=g) > 0.5
+    lam, c = 0.3, 1.0 / 8 * 1024.0
+    reg = Regularize(lam)
+    reg.grad_multiplier = c
+    ours = z.clone().requires_grad_()
+    (reg(ours, selected, TapStatistics(mu, denom)).pow(2).sum() * c).backward()
+    ref = z.clone().requires_grad_()
+    r = lam * (((ref - mu) ** 2 / denom) * selected).sum() / 6
+    ((ref.pow(2).sum() + r) * c).backward()
+    torch.testing.assert_close(ours.grad, ref.grad)
+
+
+def test_callback_sets_the_regulariser_multiplier_from_gradient_accumulation(tmp_path):
+    import lightning.pytorch as pl
+
+    from memel_lightning.callback import MEmeLCallback
+    from memel_lightning.models.digits import DigitsClassifier
+
+    model = DigitsClassifier(hidden_sizes=(8,))
+    cb = MEmeLCallback(taps="default", memel={"strategy": "regularize"})
+    trainer = pl.Trainer(accelerator="cpu", devices=1, accumulate_grad_batches=4, logger=False, default_root_dir=tmp_path)
+    cb.setup(trainer, model, "fit")
+    cb.on_train_batch_start(trainer, model, None, 0)
+    assert cb.memel_for("hidden.0").strategy.grad_multiplier == 0.25

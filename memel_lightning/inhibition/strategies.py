@@ -20,7 +20,7 @@ would round ``mu`` in low precision and keep two activation-sized tensors alive.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -146,9 +146,14 @@ class Regularize(Strategy):
     input, so R is a per-sample average and does not grow with the batch; ``mu`` and the
     denominator are the tap's running statistics, constants for autograd. The gradient
     reaches the parameters through the normal backward of the task loss, as if ``R``
-    had been added to it (an autograd function that is the identity forward). When
-    ``record_metrics`` is on, R of the step is kept in ``last_loss`` for logging
-    (``None`` otherwise: no extra pass over the activations).
+    had been added to it (an autograd function that is the identity forward). Since the
+    trainer scales the task loss before backward (``1 / accumulate_grad_batches``, and
+    the AMP loss scale under fp16), R's gradient is multiplied by ``grad_multiplier``,
+    which :class:`~memel_lightning.MEmeLCallback` sets to that same factor every step
+    (1 when used alone). When ``record_metrics`` is on, R of the step is kept in
+    ``last_loss`` for logging (``None`` otherwise: no extra pass over the activations).
+    The output is a view of ``z`` (no copy): a module after the tap must not modify it
+    in place (autograd raises if it does).
 
     Example:
         >>> reg = Regularize(reg_lambda=0.5)
@@ -164,6 +169,7 @@ class Regularize(Strategy):
         super().__init__()
         self.reg_lambda = float(reg_lambda)
         self.last_loss: Optional[Tensor] = None
+        self.grad_multiplier: Union[float, Tensor] = 1.0
 
     def forward(self, z: Tensor, selected: Tensor, stats: TapStatistics) -> Tensor:
         scale = self.reg_lambda / max(z.shape[0], 1)
@@ -177,6 +183,7 @@ class Regularize(Strategy):
             return z
         work = torch.promote_types(z.dtype, torch.float32)
         coef = (2.0 * scale) / stats.denom.to(work).clamp(min=torch.finfo(torch.float32).tiny)
+        coef = coef * self.grad_multiplier  # scaled like the task loss (accumulation, AMP)
         return _IdentityWithRegulariser.apply(z, selected, stats.mean, coef)
 
     def extra_repr(self) -> str:
