@@ -32,13 +32,18 @@ def stream(masked: bool):
 MEMEL_KW = dict(selector="topk", k=2, strategy="reverse", late_start=3, forget_steps=3)
 
 
-def run_steps(memel: MEmeL, masked: bool, rank: int | None) -> tuple[list, list]:
+def run_steps(memel: MEmeL, masked: bool, rank: int | None, ragged: bool = False) -> tuple[list, list]:
+    """``ragged``: every process pads only to its own longest sequence (dynamic padding),
+    so the ranks' taps have different lengths in the same step."""
     outputs, grads = [], []
-    for step, (z, mask) in enumerate(stream(masked)):
+    for step, (z, mask) in enumerate(stream(masked or ragged)):
         if rank is not None:
             sizes = SPLITS[step % len(SPLITS)]
             z = z.split(sizes)[rank]
             mask = None if mask is None else mask.split(sizes)[rank]
+        if ragged:
+            longest = int(mask.sum(1).max())
+            z, mask = z[:, :longest], mask[:, :longest]
         x = z.clone().requires_grad_()
         out = memel(x, mask)
         (0.5 * out.square()).sum().backward()  # elementwise: independent of the sharding
@@ -57,6 +62,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             memel = MEmeL(sync_dist=True, name="tap", **MEMEL_KW)
             outputs, grads = run_steps(memel, masked, rank)
             results[masked] = {"state": memel.state_dict(), "step": memel.step, "outputs": outputs, "grads": grads}
+        memel = MEmeL(sync_dist=True, variable_shape=True, name="tap", **MEMEL_KW)
+        outputs, grads = run_steps(memel, True, rank, ragged=True)
+        results["ragged"] = {"state": memel.state_dict(), "step": memel.step, "outputs": outputs, "grads": grads}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -58,6 +58,23 @@ def test_two_gloo_ranks_equal_one_process_on_the_global_batch(gloo_results, mask
         assert torch.equal(outputs[step], z) == (step < 3), step
 
 
+def test_two_gloo_ranks_with_dynamic_padding_equal_one_process(gloo_results):
+    """Each rank pads to its own longest sequence (variable_shape): the ranks' neuron counts
+    differ in a step, yet both hold the global batch's statistics."""
+    ranks = [result["ragged"] for result in gloo_results]
+    single = MEmeL(sync_dist=False, variable_shape=True, name="tap", **MEMEL_KW)
+    outputs, _ = run_steps(single, True, rank=None, ragged=True)
+    ref = single.state_dict()
+    for key in ("moments.mean", "moments.var", "moments.count", "moments.steps"):
+        assert torch.equal(ranks[0]["state"][key], ranks[1]["state"][key]), key
+        torch.testing.assert_close(ranks[0]["state"][key], ref[key], rtol=1e-5, atol=1e-6, msg=key)
+    for step in range(STEPS):
+        sizes = SPLITS[step % len(SPLITS)]
+        for rank in range(WORLD):
+            mine = ranks[rank]["outputs"][step]
+            torch.testing.assert_close(mine, outputs[step].split(sizes)[rank][:, : mine.shape[1]])
+
+
 # ---------------------------------------------------------------------- Lightning DDP
 class DumpStats(pl.Callback):
     """Each rank writes its statistics at the end of training."""

@@ -152,6 +152,8 @@ class RunningMoments(nn.Module):
         self._check_size(x.shape[1])
         n, mb, m2 = batch_moments(x, mask)
         if self.sync_dist and _distributed():
+            if self.variable_size:
+                n, mb, m2 = self._pad_to_global_size(n, mb, m2)
             n, mb, m2 = all_reduce_moments(n, mb, m2)
         # After the all-reduce every rank sees the same values, so every rank takes the
         # same skip decision and the statistics stay identical across ranks. The
@@ -165,6 +167,18 @@ class RunningMoments(nn.Module):
         self.skipped.add_(~finite)
         self._merge(n, mb, m2, finite)
         return finite
+
+    def _pad_to_global_size(self, n: Tensor, mb: Tensor, m2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Dynamic padding differs per rank: zero-pad every rank's batch moments to the
+        largest size of any rank (count 0 is neutral in the merge) before the all-reduce."""
+        size = torch.tensor([n.numel()], device=n.device)
+        dist.all_reduce(size, op=dist.ReduceOp.MAX)  # one host sync, variable-size taps only
+        extra = int(size) - n.numel()
+        self.grow(int(size))
+        if extra == 0:
+            return n, mb, m2
+        pad = n.new_zeros(extra)
+        return torch.cat([n, pad]), torch.cat([mb, pad]), torch.cat([m2, pad])
 
     def view(self, num: int) -> tuple[Tensor, Tensor]:
         """``(mean, var)`` of the first ``num`` neurons (all of them unless variable_size)."""
