@@ -304,3 +304,26 @@ def test_metrics_with_a_mask_count_valid_values_only():
     assert float(m["values"]) == mask.sum() * 2
     assert float(m["kills"]) == 4  # one per sample
     assert float(m["neurons"]) == 6
+
+
+def test_neurons_without_statistics_are_never_selected_when_scoring_on_old_statistics():
+    # score_with="previous": position 3 is padding in batch 1, so it has no statistics when
+    # batch 2 is scored; it must not be selected (its phi would be z^2 / (eps * mean v)).
+    memel = MEmeL(k=1, late_start=1, score_with="previous").train()
+    x1, x2 = torch.randn(4, 4, 3), torch.randn(4, 4, 3) * 0.01
+    mask1 = torch.tensor([[1, 1, 1, 0]] * 4)
+    memel(x1, mask1)
+    x2[:, 3] = 5.0
+    out = memel(x2, torch.ones(4, 4))
+    assert torch.equal(out[:, 3], x2[:, 3]) and (out != x2).sum() == 4
+
+
+def test_longer_sequences_than_seen_in_training_work_in_eval_and_previous_mode():
+    for score_with in ("previous", "updated"):
+        memel = MEmeL(k=1, late_start=0, variable_shape=True, active_in_eval=True, score_with=score_with).train()
+        memel(torch.randn(5, 3, 2))
+        memel(torch.randn(5, 4, 2))  # longer in training (previous: scored on 3 positions)
+        memel.eval()
+        x = torch.randn(5, 6, 2)
+        out = memel(x)  # longer in eval: new positions are never selected
+        assert torch.equal(out[:, 4:], x[:, 4:]) and (out != x).sum() == 5

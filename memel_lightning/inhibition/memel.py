@@ -222,6 +222,17 @@ class MEmeL(nn.Module):
         z2, m2, perm, identity = self._as_samples(z, mask)
         x = z2.detach()
 
+        num = z2.shape[1]
+        if self.moments.variable_size and self.moments.initialized:
+            self.moments.grow(num)  # a longer sequence than any so far: new positions unseen
+        # Scoring with statistics from before this batch (score_with="previous", or frozen
+        # in eval) must skip neurons that have none yet (count 0: phi would be meaningless).
+        scored_mask = m2
+        stale = not training or self.score_with == "previous"
+        if stale and self.moments.initialized and (self.moments.variable_size or m2 is not None):
+            seen = self.moments.count[:num] > 0
+            scored_mask = seen.expand_as(z2) if m2 is None else m2 & seen
+
         phi = None
         if training:
             if self.score_with == "previous" and self.moments.initialized:
@@ -233,16 +244,16 @@ class MEmeL(nn.Module):
             inhibit = self.moments.initialized and self.inhibiting
         if not self.moments.initialized:
             return z
-        mu, denom = scale_parameters(self.moments, z2.shape[1], self.eps)  # once per step
+        mu, denom = scale_parameters(self.moments, num, self.eps)  # once per step
         if phi is None and (self.score_with == "updated" or not training):
             phi = phi_from(x, mu, denom)
         if phi is None:  # first batch scored on previous statistics: nothing to score with
             return z
 
-        selected = self.selector(phi, m2, update=training)
+        selected = self.selector(phi, scored_mask, update=training)
         out2 = self.strategy(z2, selected, TapStatistics(mu, denom)) if inhibit else z2
         if self.record_metrics:
-            self._record(phi, selected if inhibit else None, m2)
+            self._record(phi, selected if inhibit else None, scored_mask)
         return z if out2 is z2 else self._restore(out2, z, perm, identity)
 
     # ------------------------------------------------------------------ metrics
