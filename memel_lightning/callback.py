@@ -325,7 +325,8 @@ def _refuse_recomputation(pl_module: nn.Module) -> None:
     """Activation checkpointing re-runs tapped modules during backward: their statistics
     would be merged twice and the recomputed output could differ from the original."""
     for name, module in pl_module.named_modules():
-        if getattr(module, "is_gradient_checkpointing", False):
+        # Hugging Face models (is_gradient_checkpointing) and timm models (grad_checkpointing)
+        if getattr(module, "is_gradient_checkpointing", False) or getattr(module, "grad_checkpointing", False) is True:
             raise ValueError(
                 f"{type(module).__name__} at {name or 'the model'!r} has gradient checkpointing on; MEmeL taps "
                 "inside recomputed blocks would update their statistics twice per step. Turn it off "

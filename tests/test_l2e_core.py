@@ -237,3 +237,19 @@ def test_callback_sets_the_regulariser_multiplier_from_gradient_accumulation(tmp
     cb.setup(trainer, model, "fit")
     cb.on_train_batch_start(trainer, model, None, 0)
     assert cb.memel_for("hidden.0").strategy.grad_multiplier == 0.25
+
+
+def test_moving_threshold_does_not_stick_at_zero_or_nan():
+    from memel_lightning.inhibition import MovingThreshold
+
+    sel = MovingThreshold(target_ratio=0.1)
+    sel(torch.zeros(4, 50))  # phi all 0 (e.g. one sample per neuron): the quantile is 0
+    assert float(sel.tau) > 0
+    nan_first = MovingThreshold(target_ratio=0.1)
+    phi = torch.rand(4, 50)
+    phi[0, 0] = float("nan")
+    nan_first(phi)
+    assert torch.isfinite(nan_first.tau)
+    for _ in range(200):
+        frac = sel(torch.rand(64, 50) * 10).float().mean()
+    assert abs(float(frac) - 0.1) < 0.05

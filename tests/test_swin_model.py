@@ -213,3 +213,20 @@ def test_training_loss_matches_direct_computation():
     assert loss.item() == pytest.approx(want.item(), rel=1e-5)
     with pytest.raises(ValueError, match="even batch"):
         model.training_step((x[:5], y[:5]), 0)
+
+
+def test_callback_refuses_timm_grad_checkpointing(tmp_path):
+    import lightning.pytorch as pl
+
+    from memel_lightning.callback import MEmeLCallback
+    from memel_lightning.models.image import ImageClassifier
+
+    model = ImageClassifier(
+        model_name="swin_tiny_patch4_window7_224", num_classes=10,
+        model_kwargs=dict(embed_dim=16, depths=(2, 2, 4, 2), num_heads=(1, 2, 4, 8), img_size=32, patch_size=2,
+                          window_size=4, in_chans=1),
+    )
+    model.model.set_grad_checkpointing(True)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        MEmeLCallback(taps="default").setup(trainer, model, "fit")

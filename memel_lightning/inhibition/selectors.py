@@ -15,6 +15,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 
+MIN_TAU = 1e-6
+
+
 class Selector(nn.Module):
     """Base class: ``forward(phi, mask=None, update=True) -> bool selection``."""
 
@@ -114,10 +117,12 @@ class MovingThreshold(Selector):
     @torch.no_grad()
     def _initial_tau(self, phi: Tensor, mask: Optional[Tensor]) -> Optional[Tensor]:
         values = phi.flatten() if mask is None else phi[mask]  # once: a host sync is fine here
+        values = values[torch.isfinite(values)]
         if values.numel() == 0:
             return None
         k = max(1, min(values.numel(), math.ceil((1.0 - self.target_ratio) * values.numel())))
-        return values.float().kthvalue(k).values
+        # A multiplicative update cannot leave 0: start at a small positive tau at least.
+        return values.float().kthvalue(k).values.clamp(min=MIN_TAU)
 
     def forward(self, phi: Tensor, mask: Optional[Tensor] = None, update: bool = True) -> Tensor:
         if self._started is None:
