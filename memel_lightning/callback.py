@@ -203,6 +203,7 @@ class MEmeLCallback(Callback):
             memel.record_metrics = record or histogram
             memel.record_histogram = histogram
             memel.last_metrics = {}
+            memel.last_kills_per_neuron = None
             if isinstance(memel.strategy, Regularize):
                 memel.strategy.grad_multiplier = multiplier
 

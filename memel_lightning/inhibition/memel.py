@@ -44,7 +44,10 @@ class MEmeL(nn.Module):
     phi and selection already at hand: ``selected_frac``, ``mono_ratio`` (share of
     neurons whose batch-max phi exceeds ``tau_report``), ``phi_mean``, ``phi_max`` and
     ``fkr`` (False Killing Rate: share of kills on neurons selected in more than
-    ``max_share`` of the step's samples), plus the raw counts behind them.
+    ``max_share`` of the step's samples), plus the raw counts behind them; and
+    ``last_kills_per_neuron``, the step's kills (selected valid values) of each neuron,
+    ``(prod S_kept,)`` float, or ``None`` when nothing was inhibited (to compare FKR with
+    a ground truth, e.g. :class:`~memel_lightning.models.PolysemanticToy`).
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -109,6 +112,7 @@ class MEmeL(nn.Module):
         self.record_metrics = True
         self.record_histogram = False
         self.last_metrics: dict[str, Tensor] = {}
+        self.last_kills_per_neuron: Optional[Tensor] = None
         self.last_phi_sample: Optional[Tensor] = None
         # Plain Python state (saved through get_extra_state) so that no step needs a
         # device sync: training batches seen, and the per-sample shape of the output.
@@ -273,6 +277,7 @@ class MEmeL(nn.Module):
         has_values = per_neuron_valid > 0
         neurons = has_values.sum().float()
         mono = ((col_max > self.tau_report) & has_values).sum().float()
+        per_neuron_kills = None
         if selected is None:
             kills = false_kills = phi.new_zeros(())
         else:
@@ -296,6 +301,7 @@ class MEmeL(nn.Module):
         if reg_loss is not None and selected is not None:
             metrics["reg_loss"] = reg_loss
         self.last_metrics = metrics
+        self.last_kills_per_neuron = per_neuron_kills
         if self.record_histogram:
             values = phi.flatten() if mask is None else phi[mask]
             stride = max(1, values.numel() // HISTOGRAM_SAMPLES)
