@@ -17,6 +17,17 @@ The phi-based selection a MEmeL user sees (SPEC section 8) marks neuron ``j`` as
 monosemantic when its maximum phi over a set exceeds ``tau_report``;
 :func:`phi_selection_quality` compares that with the truth (precision, recall) and
 gives the Spearman rank correlation between each neuron's max phi and ``share_j``.
+
+MEmeL's False Killing Rate (``memel/fkr``) calls a kill false when its neuron was
+selected in more than ``max_share`` of the step's samples. :func:`true_kill_rates` gives
+the rate it stands for, the share of kills on neurons that are *not* truly
+monosemantic::
+
+    true_fkr = sum_j kills_j * [not mono_j] / sum_j kills_j
+
+Dead neurons count as not truly monosemantic (they answer no single feature, so a
+kill there inhibits no monosemantic neuron); their share of the kills is reported
+separately as ``dead_kill_frac``.
 """
 from __future__ import annotations
 
@@ -170,3 +181,26 @@ def phi_selection_quality(max_phi: Tensor, truth: NeuronTruth, tau: float = 9.0)
         true_positives=tp,
         truly_mono=n_true,
     )
+
+
+def true_kill_rates(kills: Tensor, truth: NeuronTruth) -> dict[str, float]:
+    """How many of a step's kills fell on neurons that are not truly monosemantic.
+
+    ``kills`` ``(m,)``: kills per neuron (e.g. ``MEmeL.last_kills_per_neuron``).
+    Returns ``true_fkr`` (kills on polysemantic or dead neurons / kills),
+    ``poly_kill_frac`` and ``dead_kill_frac`` (the two parts of ``true_fkr``) and
+    ``kills`` (the total); the rates are NaN when there are no kills.
+
+    Example:
+        >>> truth = neuron_truth(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]))
+        >>> true_kill_rates(torch.tensor([2.0, 1.0, 1.0]), truth)["true_fkr"]
+        0.5
+    """
+    k = kills.detach().double().flatten().cpu()
+    if k.numel() != truth.mono.numel():
+        raise ValueError(f"kills has {k.numel()} neurons, the truth {truth.mono.numel()}")
+    total = float(k.sum())
+    poly = float(k[truth.poly.cpu()].sum())
+    dead = float(k[~truth.alive.cpu()].sum())
+    rate = (lambda x: x / total) if total > 0 else (lambda x: math.nan)
+    return {"true_fkr": rate(poly + dead), "poly_kill_frac": rate(poly), "dead_kill_frac": rate(dead), "kills": total}

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..analysis.ground_truth import feature_response, neuron_truth, phi_selection_quality, set_max_phi
+from ..analysis.ground_truth import (
+    NeuronTruth, feature_response, neuron_truth, phi_selection_quality, set_max_phi, true_kill_rates,
+)
 
 
 class PolysemanticToy(pl.LightningModule):
@@ -31,6 +33,13 @@ class PolysemanticToy(pl.LightningModule):
     ``val_dead_neurons``, ``val_true_mono_ratio``, ``val_phi_mono_ratio``,
     ``val_phi_precision``, ``val_phi_recall``, ``val_phi_spearman``, ``val_phi_selected``
     and ``val_phi_true_positives`` (the counts behind precision and recall).
+
+    Trained with a :class:`~memel_lightning.MEmeLCallback` on ``encoder``, every step the
+    callback records (its ``log_every_n_steps``) the model also logs, at the same step as
+    ``memel/fkr``, the *true* false-kill rate: ``train_true_fkr``, the share of the
+    step's kills on neurons that are not truly monosemantic (polysemantic or dead, truth
+    measured on the weights that produced the kills), and its dead part
+    ``train_dead_kill_frac`` (:func:`~memel_lightning.analysis.ground_truth.true_kill_rates`).
 
     Example:
         >>> model = PolysemanticToy(n_features=4, hidden=6)
@@ -59,6 +68,7 @@ class PolysemanticToy(pl.LightningModule):
         self.encoder = nn.Sequential(OrderedDict(fc=nn.Linear(n_features, hidden), act=nn.ReLU()))
         self.decoder = nn.Linear(hidden, n_features)
         self._val_hidden: list[Tensor] = []
+        self.last_kill_truth: dict[str, float] = {}  # the last recorded step's true kill rates
 
     def memel_taps(self) -> list[str]:
         return ["encoder"]
@@ -77,15 +87,42 @@ class PolysemanticToy(pl.LightningModule):
         x = batch[0]
         return (self(x) - x).square().mean(dim=1)
 
+    @torch.no_grad()
+    def truth(self) -> NeuronTruth:
+        """Each hidden neuron's true monosemanticity now (21 probe inputs: cheap)."""
+        fc = self.encoder.fc  # the layer itself, not through the tap's hook
+        response = feature_response(lambda x: torch.relu(fc(x.to(fc.weight.device))).cpu(), self.hparams.n_features)
+        return neuron_truth(response, self.hparams.mono_threshold)
+
+    def _encoder_memel(self):
+        """The MEmeL a callback attached to ``encoder``, or None."""
+        trainer = self._trainer
+        for cb in (trainer.callbacks if trainer is not None else []):
+            if callable(getattr(cb, "memel_for", None)) and "encoder" in getattr(cb, "tap_names", ()):
+                return cb.memel_for("encoder")
+        return None
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x = batch[0]
         x_in = x + self.hparams.noise_std * torch.randn_like(x) if self.hparams.noise_std > 0 else x
         h = self.encoder(x_in)
+        memel = self._encoder_memel()
+        kills = None if memel is None else memel.last_kills_per_neuron
+        # before the optimizer step: the truth of the weights that produced these kills
+        self.last_kill_truth = {} if kills is None else true_kill_rates(kills, self.truth())
         recon = F.mse_loss(self.decode(h), x)
         loss = recon + self.hparams.l1 * h.abs().mean()
         self.log("train_loss", loss, prog_bar=True)
         self.log("train_recon_loss", recon)
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        rates = self.last_kill_truth
+        if not rates or math.isnan(rates["true_fkr"]) or not self.trainer.is_global_zero:
+            return
+        metrics = {"train_true_fkr": rates["true_fkr"], "train_dead_kill_frac": rates["dead_kill_frac"]}
+        for logger in self.trainer.loggers:  # at the callback's step, not Lightning's log cadence
+            logger.log_metrics(metrics, step=self.trainer.global_step)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x = batch[0]
@@ -101,9 +138,7 @@ class PolysemanticToy(pl.LightningModule):
     @torch.no_grad()
     def neuron_report(self, h: Tensor) -> dict[str, float]:
         """Ground truth and phi-based selection for hidden activations ``h`` ``(N, hidden)``."""
-        fc = self.encoder.fc  # the layer itself, not through the tap's hook
-        response = feature_response(lambda x: torch.relu(fc(x.to(fc.weight.device))).cpu(), self.hparams.n_features)
-        truth = neuron_truth(response, self.hparams.mono_threshold)
+        truth = self.truth()
         quality = phi_selection_quality(set_max_phi(h, self.hparams.eps), truth, self.hparams.tau_report)
         out = {k: float(v) for k, v in truth.counts().items()}
         out.update(quality.as_dict())

@@ -1,0 +1,142 @@
+"""FKR (MEmeL's False Killing Rate) against the true rate of killing neurons that are not
+truly monosemantic, on hand-made weights and selections, and logged by the ground-truth toy."""
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from memel_lightning import MEmeLCallback
+from memel_lightning.analysis.ground_truth import feature_response, neuron_truth, true_kill_rates
+from memel_lightning.data import PolysemanticDataModule
+from memel_lightning.inhibition import MEmeL
+from memel_lightning.models import PolysemanticToy
+from tests.tb_utils import read_events
+
+
+def _numpy_truth(weight: np.ndarray, bias: np.ndarray, threshold: float = 0.9):
+    """Direct float64 truth of h = ReLU(W x + b): share of response mass on the top feature."""
+    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
+    a = np.abs(relu(weight.T + bias[None, :]) - relu(bias)[None, :]).T  # (m, n): A[j, i]
+    total = a.sum(1)
+    alive = total > 1e-6
+    share = np.where(alive, a.max(1) / np.where(alive, total, 1.0), 0.0)
+    return alive, alive & (share >= threshold)
+
+
+def _numpy_rates(selected: np.ndarray, valid: np.ndarray, mono: np.ndarray, alive: np.ndarray, max_share: float):
+    kills = (selected & valid).sum(0).astype(np.float64)
+    broad = kills > max_share * valid.sum(0)
+    fkr = (kills * broad).sum() / max(kills.sum(), 1.0)
+    true_fkr = kills[~mono].sum() / kills.sum()
+    dead = kills[~alive].sum() / kills.sum()
+    return kills, fkr, true_fkr, dead
+
+
+def _hand_made_layer() -> nn.Linear:
+    fc = nn.Linear(3, 5)
+    with torch.no_grad():
+        fc.weight.copy_(torch.tensor([
+            [2.0, 0.0, 0.0],    # 0: monosemantic (feature 0)
+            [1.0, 1.0, 0.0],    # 1: polysemantic, share 0.5
+            [1.0, 1.0, 1.0],    # 2: dead: the bias keeps it off for any single feature
+            [0.0, 0.1, 3.0],    # 3: share 3 / 3.1 >= 0.9: monosemantic
+            [0.5, 0.0, -1.0],   # 4: polysemantic (|h(e_2) - h(0)| = 0.5 -> share 0.5)
+        ]))
+        fc.bias.copy_(torch.tensor([0.0, 0.0, -2.0, 0.0, 0.5]))
+    return fc
+
+
+def test_fkr_and_true_fkr_on_hand_made_layer_and_selection():
+    fc = _hand_made_layer()
+    truth = neuron_truth(feature_response(lambda x: torch.relu(fc(x)), 3), 0.9)
+    alive, mono = _numpy_truth(fc.weight.detach().double().numpy(), fc.bias.detach().double().numpy())
+    np.testing.assert_array_equal(truth.alive.numpy(), alive)
+    np.testing.assert_array_equal(truth.mono.numpy(), mono)
+    assert mono.tolist() == [True, False, False, True, False] and alive.tolist() == [True, True, False, True, True]
+
+    # 10 samples, the last two masked out. Neuron 0 (truly mono) is killed broadly: FKR calls it
+    # false; neuron 1 (poly) is killed once: FKR calls it true. The two rates must disagree.
+    rng = np.random.default_rng(0)
+    selected = np.zeros((10, 5), dtype=bool)
+    selected[:6, 0] = True        # mono, 6 of 8 valid samples: broad -> "false" for FKR
+    selected[0, 1] = True         # poly, 1 of 8: not broad -> "true" for FKR, false in truth
+    selected[3, 2] = True         # dead: false in truth
+    selected[5, 3] = True         # mono, 1 of 8
+    selected[[1, 2, 4, 9], 4] = True  # poly, 3 valid (sample 9 is masked) -> broad
+    valid = np.ones((10, 5), dtype=bool)
+    valid[8:] = False
+    max_share = 0.2
+
+    memel = MEmeL(max_share=max_share)
+    phi = torch.from_numpy(rng.random((10, 5))).float()
+    memel._record(phi, torch.from_numpy(selected & valid), torch.from_numpy(valid))
+    kills, fkr, true_fkr, dead = _numpy_rates(selected, valid, mono, alive, max_share)
+    np.testing.assert_array_equal(memel.last_kills_per_neuron.numpy(), kills)
+    assert memel.last_metrics["fkr"].item() == pytest.approx(fkr)
+    assert memel.last_metrics["kills"].item() == kills.sum()
+
+    rates = true_kill_rates(memel.last_kills_per_neuron, truth)
+    assert rates["true_fkr"] == pytest.approx(true_fkr)
+    assert rates["dead_kill_frac"] == pytest.approx(dead)
+    assert rates["poly_kill_frac"] == pytest.approx(true_fkr - dead)
+    assert rates["kills"] == kills.sum()
+    # the hand-made case: FKR = (6 + 3) / 12, truth = (1 + 1 + 3) / 12
+    assert (fkr, true_fkr) == (pytest.approx(9 / 12), pytest.approx(5 / 12))
+
+    assert np.isnan(true_kill_rates(torch.zeros(5), truth)["true_fkr"])
+    with pytest.raises(ValueError, match="neurons"):
+        true_kill_rates(torch.zeros(4), truth)
+
+
+def test_kills_per_neuron_follows_the_selection():
+    torch.manual_seed(0)
+    memel = MEmeL(k=1, late_start=1)
+    memel.train()
+    memel(torch.randn(8, 4))
+    assert memel.last_kills_per_neuron is None  # before the late start nothing is killed
+    memel(torch.randn(8, 4))
+    kills = memel.last_kills_per_neuron
+    assert kills.shape == (4,) and kills.sum().item() == memel.last_metrics["kills"].item() == 8.0
+
+
+class _Capture(pl.Callback):
+    """After training_step, before the optimizer step: the weights that produced the kills."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        kills = trainer.callbacks[0].memel_for("encoder").last_kills_per_neuron
+        if kills is not None:
+            fc = pl_module.encoder.fc
+            self.seen.append((trainer.global_step + 1, kills.clone(), fc.weight.detach().clone(),
+                              fc.bias.detach().clone(), dict(pl_module.last_kill_truth)))
+
+
+def test_toy_logs_true_fkr_next_to_fkr(tmp_path):
+    pl.seed_everything(0)
+    dm = PolysemanticDataModule(n_features=6, train_size=256, val_size=64, batch_size=32)
+    model = PolysemanticToy(n_features=6, hidden=8)
+    callback = MEmeLCallback(taps="default", memel={"k": 1, "late_start": 2, "max_share": 0.2},
+                             log_every_n_steps=3, hist_every_n_steps=1000)
+    capture = _Capture()
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=8, default_root_dir=tmp_path, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, callbacks=[callback, capture],
+        logger=pl.loggers.TensorBoardLogger(tmp_path, name="tb"),
+    )
+    trainer.fit(model, dm)
+    events = read_events(trainer.logger.log_dir)
+    scalars = lambda tag: {e.step: e.value for e in events.Scalars(tag)}  # noqa: E731
+    true_fkr, fkr = scalars("train_true_fkr"), scalars("memel/fkr")
+    # recorded at batches 0, 3, 6 (global steps 1, 4, 7); no kills before the late start
+    assert sorted(fkr) == [1, 4, 7] and sorted(true_fkr) == [4, 7] and sorted(scalars("train_dead_kill_frac")) == [4, 7]
+    assert [s for s, *_ in capture.seen] == [4, 7]
+    for step, kills, weight, bias, stored in capture.seen:
+        alive, mono = _numpy_truth(weight.double().numpy(), bias.double().numpy())
+        k = kills.double().numpy()
+        expected = k[~mono].sum() / k.sum()
+        assert stored["true_fkr"] == pytest.approx(expected)
+        assert true_fkr[step] == pytest.approx(expected, abs=1e-6)
+        assert stored["dead_kill_frac"] == pytest.approx(k[~alive].sum() / k.sum())
