@@ -140,3 +140,36 @@ def test_toy_logs_true_fkr_next_to_fkr(tmp_path):
         assert stored["true_fkr"] == pytest.approx(expected)
         assert true_fkr[step] == pytest.approx(expected, abs=1e-6)
         assert stored["dead_kill_frac"] == pytest.approx(k[~alive].sum() / k.sum())
+
+
+def test_fkr_truth_summary_against_numpy(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from memel_lightning.analysis import fkr_truth
+
+    rng = np.random.default_rng(1)
+    runs = []
+    for seed in range(2):
+        steps = [1, 11, 21, 31]
+        fkr, true, dead = rng.random(4), rng.random(4), rng.random(4) * 0.1
+        writer = SummaryWriter(str(tmp_path / "v" / f"seed_{seed}"))
+        for i, s in enumerate(steps):
+            writer.add_scalar("memel/fkr", fkr[i], s)
+            if i > 0:  # no kills at the first logged step: no true rate there
+                writer.add_scalar("train_true_fkr", true[i], s)
+                writer.add_scalar("train_dead_kill_frac", dead[i], s)
+        writer.close()
+        runs.append(np.stack([fkr[1:], true[1:], dead[1:]], axis=1))
+    got = fkr_truth.summarize(tmp_path / "v")
+    means = np.array([r.mean(0) for r in runs])
+    pooled = np.concatenate(runs)
+    assert got["runs"] == 2 and got["steps"] == 3
+    assert got["fkr_mean"] == pytest.approx(means[:, 0].mean(), rel=1e-6)
+    assert got["true_mean"] == pytest.approx(means[:, 1].mean(), rel=1e-6)
+    assert got["true_mean_std"] == pytest.approx(means[:, 1].std(ddof=1), rel=1e-5)
+    assert got["gap_mean"] == pytest.approx((means[:, 1] - means[:, 0]).mean(), rel=1e-5)
+    assert got["fkr_final"] == pytest.approx(np.mean([r[-1, 0] for r in runs]), rel=1e-6)
+    assert got["true_final"] == pytest.approx(np.mean([r[-1, 1] for r in runs]), rel=1e-6)
+    assert got["dead_mean"] == pytest.approx(means[:, 2].mean(), rel=1e-5)
+    assert got["corr"] == pytest.approx(np.corrcoef(pooled[:, 0], pooled[:, 1])[0, 1], rel=1e-5)
+    assert "| `v` | 2 | 3 |" in fkr_truth.table([tmp_path / "v"])

@@ -8,6 +8,7 @@ from .ground_truth import (
     neuron_truth,
     phi_selection_quality,
     set_max_phi,
+    true_kill_rates,
     weight_share,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "neuron_truth",
     "phi_selection_quality",
     "set_max_phi",
+    "true_kill_rates",
     "weight_share",
 ]
