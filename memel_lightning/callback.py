@@ -13,7 +13,6 @@ from torch import Tensor, nn
 
 from .inhibition import MEmeL, Regularize
 
-AGGREGATED = ("mono_ratio", "fkr")
 PER_TAP = ("selected_frac", "mono_ratio", "phi_mean", "phi_max", "fkr", "reg_loss")
 
 

@@ -220,15 +220,6 @@ class RunningMoments(nn.Module):
         self.count = torch.cat([self.count, torch.zeros(extra, dtype=torch.long, device=device)])
         self.steps = torch.cat([self.steps, torch.zeros(extra, dtype=torch.long, device=device)])
 
-    def reset(self) -> None:
-        """Forget everything (buffers become empty and are re-sized by the next batch)."""
-        device = self.mean.device
-        self.mean = torch.zeros(0, device=device)
-        self.var = torch.zeros(0, device=device)
-        self.count = torch.zeros(0, dtype=torch.long, device=device)
-        self.steps = torch.zeros(0, dtype=torch.long, device=device)
-        self.skipped.zero_()
-
     def _load_from_state_dict(
         self,
         state_dict: dict[str, Any],
