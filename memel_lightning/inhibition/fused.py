@@ -432,17 +432,18 @@ def apply(
         thresh = None
     out = z2
     if inhibit and kind == "replace":
-        out, _sel, hits = inhibit_values(z2, mu, denom, spec, mask, thresh, grad_scale=replace_grad_scale(strategy))
+        out, _sel, hits = _inhibit_op(z2, mu, denom, spec, mask, thresh, grad_scale=replace_grad_scale(strategy))
     elif inhibit and kind == "regularize":
         coef, log_eps = regulariser_coefficients(strategy, z2.shape[0], denom, loss_scale)
-        out, _sel, hits = inhibit_values(z2, mu, denom, spec, mask, thresh, reg_coef=coef, reg_log_eps=log_eps)
+        out, _sel, hits = _inhibit_op(z2, mu, denom, spec, mask, thresh, reg_coef=coef, reg_log_eps=log_eps)
     else:
-        _out, _sel, hits = inhibit_values(x, mu, denom, spec, mask, thresh)
+        _out, _sel, hits = _inhibit_op(x, mu, denom, spec, mask, thresh)
     if moving and update:
         valid = hits.new_full((), float(x.numel())) if mask is None else mask.sum(dtype=torch.float32)
         moving_threshold_update(selector, hits, valid)
     return out
 
 
-def inhibit_values(z2, mu, denom, spec, mask, thresh, **strategy) -> tuple[Tensor, Tensor, Tensor]:
+def _inhibit_op(z2, mu, denom, spec, mask, thresh, **strategy) -> tuple[Tensor, Tensor, Tensor]:
+    # ``apply``'s flag ``inhibit`` shadows the function of that name there.
     return inhibit(z2, mu, denom, spec, mask=mask, thresh=thresh, **strategy)

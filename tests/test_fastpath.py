@@ -1,0 +1,302 @@
+"""The fused fast path (inhibition/fused.py) against the reference selectors and
+strategies and against direct float64 computations: values, gradients, masks, ties,
+low precision, the compiled kernels, and the memory it keeps for backward."""
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+
+from memel_lightning.inhibition import fused
+from memel_lightning.inhibition.moments import batch_moments
+from memel_lightning.inhibition.scale import phi_from
+from memel_lightning.inhibition.selectors import MovingThreshold, Threshold, TopK
+from memel_lightning.inhibition.strategies import (
+    MeanNoGrad,
+    MeanPassthrough,
+    NoInhibition,
+    ReverseDeactivation,
+    TapStatistics,
+)
+
+
+def data(n=12, f=10, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    z = (torch.randn(n, f, generator=g) * torch.linspace(0.5, 2.0, f) + torch.linspace(-1, 1, f)).to(dtype)
+    mu = (torch.randn(f, generator=g) * 0.1).float()
+    denom = (torch.rand(f, generator=g) + 0.5).float()
+    mask = torch.rand(n, f, generator=g) > 0.25
+    mask[2] = False  # a row with nothing valid
+    return z, mu, denom, mask
+
+
+def make_selector(name):
+    if name == "top1":
+        return TopK(1)
+    if name == "top3":
+        return TopK(3)
+    if name == "threshold":
+        return Threshold(2.0)
+    sel = MovingThreshold(target_ratio=0.1)
+    sel.tau = torch.tensor(1.5)  # a started threshold (the first call takes the reference path)
+    sel._started = True
+    return sel
+
+
+STRATEGIES = {
+    "reverse": lambda: ReverseDeactivation(1.0),
+    "reverse_2.5": lambda: ReverseDeactivation(2.5),
+    "mean_nograd": MeanNoGrad,
+    "mean_passthrough": MeanPassthrough,
+    "none": NoInhibition,
+}
+SELECTORS = ["top1", "top3", "threshold", "moving"]
+
+
+def reference_call(z, mu, denom, selector, strategy, mask):
+    phi = phi_from(z.detach(), mu, denom)
+    selected = selector(phi, mask, update=True)
+    return strategy(z, selected, TapStatistics(mu, denom)), selected
+
+
+@pytest.mark.parametrize("sel_name", SELECTORS)
+@pytest.mark.parametrize("strat_name", list(STRATEGIES))
+@pytest.mark.parametrize("masked", [False, True])
+def test_fused_matches_reference_values_and_gradients(sel_name, strat_name, masked):
+    z, mu, denom, mask = data()
+    mask = mask if masked else None
+    grad = torch.randn(z.shape, generator=torch.Generator().manual_seed(1), dtype=z.dtype)
+    sel_ref, sel_fast = make_selector(sel_name), make_selector(sel_name)
+    zr = z.clone().requires_grad_()
+    out_ref, selected = reference_call(zr, mu, denom, sel_ref, STRATEGIES[strat_name](), mask)
+    out_ref.backward(grad)
+    zf = z.clone().requires_grad_()
+    out = fused.apply(zf, mu, denom, sel_fast, STRATEGIES[strat_name](), mask, update=True, inhibit=True)
+    out.backward(grad)
+    assert selected.any() and not selected.all()  # the data exercise both branches
+    assert torch.equal(out.detach(), out_ref.detach())  # the same values, exactly
+    torch.testing.assert_close(zf.grad, zr.grad, rtol=0, atol=1e-12)
+    if sel_name == "moving":
+        torch.testing.assert_close(sel_fast.tau, sel_ref.tau)
+        torch.testing.assert_close(sel_fast.last_fraction, sel_ref.last_fraction)
+
+
+def test_gradients_against_direct_float64_formulas():
+    """reverse: -delta on selected values; mean_nograd 0; passthrough +1; others 1."""
+    z, mu, denom, _ = data(seed=3)
+    phi = (z - mu.double()) ** 2 / denom.double()
+    selected = phi >= phi.max(dim=1, keepdim=True).values
+    for strategy, factor in ((ReverseDeactivation(2.0), -2.0), (MeanNoGrad(), 0.0), (MeanPassthrough(), 1.0)):
+        zf = z.clone().requires_grad_()
+        out = fused.apply(zf, mu, denom, TopK(1), strategy, update=True, inhibit=True)
+        out.sum().backward()
+        want = torch.where(selected, torch.full_like(z, factor), torch.ones_like(z))
+        assert torch.equal(zf.grad, want)
+        assert torch.equal(out.detach(), torch.where(selected, mu.double().expand_as(z), z))
+
+
+def test_ties_are_all_selected():
+    mu, denom = torch.zeros(4), torch.ones(4)
+    z = torch.tensor([[3.0, -3.0, 1.0, 0.0], [0.5, 2.0, 2.0, -2.0]], requires_grad=True)
+    out = fused.apply(z, mu, denom, TopK(1), ReverseDeactivation(1.0), update=True, inhibit=True)
+    assert out.detach().tolist() == [[0.0, 0.0, 1.0, 0.0], [0.5, 0.0, 0.0, 0.0]]
+
+
+def test_masked_values_are_never_selected_and_masked_rows_pass_through():
+    z, mu, denom, mask = data()
+    z[~mask] = 1e6  # would win every row if it were not masked
+    zf = z.clone().requires_grad_()
+    out = fused.apply(zf, mu, denom, TopK(1), ReverseDeactivation(1.0), mask, update=True, inhibit=True)
+    changed = out.detach() != z
+    assert not (changed & ~mask).any()
+    assert not changed[2].any()  # the row with nothing valid
+    assert changed[mask.any(1)].sum(1).min() >= 1
+
+
+def test_before_the_late_start_nothing_changes_but_the_moving_threshold_moves():
+    z, mu, denom, _ = data()
+    sel_ref, sel_fast = make_selector("moving"), make_selector("moving")
+    reference_call(z, mu, denom, sel_ref, NoInhibition(), None)
+    out = fused.apply(z, mu, denom, sel_fast, ReverseDeactivation(1.0), update=True, inhibit=False)
+    assert out is z
+    torch.testing.assert_close(sel_fast.tau, sel_ref.tau)
+    assert fused.apply(z, mu, denom, TopK(1), ReverseDeactivation(1.0), update=True, inhibit=False) is z
+
+
+def test_unknown_selector_or_strategy_returns_none():
+    class Custom(TopK):
+        pass
+
+    z, mu, denom, _ = data()
+    assert fused.apply(z, mu, denom, Custom(1), NoInhibition(), update=True, inhibit=True) is None
+    fresh = MovingThreshold(0.1)  # not started: its quantile start is the reference's
+    assert fused.apply(z, mu, denom, fresh, NoInhibition(), update=True, inhibit=True) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_low_precision_matches_reference(dtype):
+    z, mu, denom, mask = data(n=16, f=24, seed=5, dtype=dtype)
+    grad = torch.randn(z.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+    for sel_name in ("top1", "moving"):
+        for m in (None, mask):
+            zr, zf = z.clone().requires_grad_(), z.clone().requires_grad_()
+            out_ref, _ = reference_call(zr, mu, denom, make_selector(sel_name), ReverseDeactivation(1.5), m)
+            out_ref.backward(grad)
+            out = fused.apply(zf, mu, denom, make_selector(sel_name), ReverseDeactivation(1.5), m,
+                              update=True, inhibit=True)
+            out.backward(grad)
+            assert out.dtype == dtype and zf.grad.dtype == dtype
+            assert torch.equal(out.detach(), out_ref.detach())
+            assert torch.equal(zf.grad, zr.grad)
+
+
+def test_batch_moments_match_the_reference_and_float64():
+    z, _, _, mask = data(n=40, f=7, seed=4)
+    z = z + 100.0  # a large mean next to a small spread: precision of the two-pass form
+    for m in (None, mask):
+        n, mean, m2 = fused.batch_moments(z, m)
+        n_ref, mean_ref, m2_ref = batch_moments(z, m)
+        assert torch.equal(n, n_ref)
+        torch.testing.assert_close(mean, mean_ref)
+        torch.testing.assert_close(m2, m2_ref, rtol=1e-5, atol=1e-4)
+        valid = torch.ones_like(z, dtype=torch.bool) if m is None else m
+        for j in range(z.shape[1]):
+            col = z[valid[:, j], j]
+            if col.numel():
+                assert abs(float(mean[j]) - float(col.mean())) < 1e-4
+                assert abs(float(m2[j]) - float(((col - col.mean()) ** 2).sum())) < 1e-3 * max(1.0, float(m2[j]))
+
+
+def test_masked_nan_does_not_reach_the_moments():
+    z, _, _, mask = data()
+    z[~mask] = float("nan")
+    n, mean, m2 = fused.batch_moments(z, mask)
+    assert torch.isfinite(mean).all() and torch.isfinite(m2).all()
+
+
+# ---------------------------------------------------------------- regulariser (docs/method.md §5.4)
+@pytest.mark.parametrize("form", ["quadratic", "log"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_regulariser_gradient_is_autograd_of_the_explicit_loss(form, masked):
+    """Eq. 5 (log) and the quadratic form: the added gradient equals autograd of
+    R = lambda / N * sum_selected r(z), r = (z - sg mu)^2 / denom or log((z - sg mu)^2 + eps * denom)."""
+
+    class Reg:  # the attributes fused.apply reads from a Regularize strategy
+        reg_lambda, reg_form, reg_eps = 0.3, form, 0.5
+
+    from memel_lightning.inhibition.strategies import Regularize
+
+    z, mu, denom, mask = data(seed=7)
+    mask = mask if masked else None
+    strategy = Regularize(reg_lambda=Reg.reg_lambda)
+    strategy.reg_form, strategy.reg_eps = form, Reg.reg_eps
+    grad = torch.randn(z.shape, generator=torch.Generator().manual_seed(3), dtype=z.dtype)
+    zf = z.clone().requires_grad_()
+    out = fused.apply(zf, mu, denom, TopK(2), strategy, mask, update=True, inhibit=True, loss_scale=0.5)
+    assert torch.equal(out.detach(), z)
+    out.backward(grad)
+
+    # explicit loss in float64, selection from the float64 phi
+    zz = z.clone().requires_grad_()
+    mu64, den64 = mu.double(), denom.double()
+    phi = (z - mu64) ** 2 / den64
+    scores = phi if mask is None else phi.masked_fill(~mask, -math.inf)
+    kth = scores.topk(2, dim=1).values[:, -1:]
+    selected = scores >= kth
+    if mask is not None:
+        selected &= mask
+    d = zz - mu64
+    r = d ** 2 / den64 if form == "quadratic" else torch.log(d ** 2 + Reg.reg_eps * den64)
+    loss = Reg.reg_lambda / z.shape[0] * r[selected].sum()
+    ((zz * grad).sum() + 0.5 * loss).backward()  # loss_scale 0.5 scales the added term
+    torch.testing.assert_close(zf.grad, zz.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_log_regulariser_pulls_toward_the_mean_with_size_two_over_distance():
+    """d/dz lambda/N * log((z-mu)^2 + eps) = lambda/N * 2 (z-mu) / ((z-mu)^2 + eps): toward mu."""
+    from memel_lightning.inhibition.strategies import Regularize
+
+    strategy = Regularize(reg_lambda=1.0)
+    strategy.reg_form, strategy.reg_eps = "log", 1e-6
+    z = torch.tensor([[4.0, 0.0], [0.0, -2.0]], dtype=torch.float64, requires_grad=True)
+    out = fused.apply(z, torch.zeros(2), torch.ones(2), TopK(1), strategy, update=True, inhibit=True)
+    out.sum().backward()
+    # rows: the selected values are 4 (row 0) and -2 (row 1); N = 2
+    torch.testing.assert_close(z.grad, torch.tensor([[1 + 0.5 * 2 / 4, 1.0], [1.0, 1 + 0.5 * 2 / -2]],
+                                                    dtype=torch.float64), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- memory kept for backward
+def saved_bytes(fn):
+    total = []
+
+    def pack(t):
+        total.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(total)
+
+
+@pytest.mark.parametrize("strategy", [ReverseDeactivation(1.0), MeanNoGrad()])
+def test_replace_strategies_keep_one_byte_per_value_for_backward(strategy):
+    z, mu, denom, _ = data(n=64, f=256, dtype=torch.float32)
+    zf = z.clone().requires_grad_()
+    got = saved_bytes(lambda: fused.apply(zf, mu, denom, TopK(1), strategy, update=True, inhibit=True))
+    assert got == z.numel()  # the uint8 selection, nothing else
+    assert saved_bytes(lambda: fused.apply(zf, mu, denom, TopK(1), MeanPassthrough(), update=True, inhibit=True)) == 0
+
+
+# ---------------------------------------------------------------- compiled kernels and fallback
+def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
+    kernel = fused.Kernel(fused.k_grad_scale)
+
+    def broken(fn, **kwargs):
+        def call(*args, **kw):
+            raise RuntimeError("no compiler here")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setenv(fused.COMPILE_ENV, "always")
+    grad, sel = torch.ones(2, 3), torch.tensor([[1, 0, 0], [0, 0, 1]], dtype=torch.uint8)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        out = kernel(grad, sel, -1.0)
+    assert out.tolist() == [[-1.0, 1.0, 1.0], [1.0, 1.0, -1.0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernel(grad, sel, -1.0)  # no second warning, no second attempt
+    assert kernel.failed
+
+
+def test_compile_mode_is_validated(monkeypatch):
+    monkeypatch.setenv(fused.COMPILE_ENV, "sometimes")
+    with pytest.raises(ValueError, match="MEMEL_FUSED_COMPILE must be"):
+        fused.compile_mode()
+
+
+def test_compiled_kernels_match_eager(monkeypatch):
+    """The inductor-compiled kernels (C++ on CPU) give the eager kernels' values."""
+    monkeypatch.setenv(fused.COMPILE_ENV, "always")
+    for kernel in (fused.MOMENTS, fused.REPLACE, fused.GRAD_SCALE, fused.SELECT):
+        kernel.failed = False
+    z, mu, denom, _ = data(n=16, f=40, seed=9, dtype=torch.float32)
+    grad = torch.randn(z.shape, generator=torch.Generator().manual_seed(4))
+    for sel_name in ("top1", "moving"):
+        zr, zf = z.clone().requires_grad_(), z.clone().requires_grad_()
+        sel_ref, sel_fast = make_selector(sel_name), make_selector(sel_name)
+        out_ref, _ = reference_call(zr, mu, denom, sel_ref, ReverseDeactivation(1.0), None)
+        out_ref.backward(grad)
+        out = fused.apply(zf, mu, denom, sel_fast, ReverseDeactivation(1.0), update=True, inhibit=True)
+        out.backward(grad)
+        assert torch.equal(out.detach(), out_ref.detach())
+        assert torch.equal(zf.grad, zr.grad)
+        if sel_name == "moving":
+            torch.testing.assert_close(sel_fast.tau, sel_ref.tau)
+    n, mean, m2 = fused.batch_moments(z)
+    n_ref, mean_ref, m2_ref = batch_moments(z)
+    torch.testing.assert_close(mean, mean_ref)
+    torch.testing.assert_close(m2, m2_ref)
+    assert not any(k.failed for k in (fused.MOMENTS, fused.REPLACE, fused.GRAD_SCALE, fused.SELECT))
+    assert fused.REPLACE._compiled is not None
