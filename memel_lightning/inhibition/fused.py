@@ -49,6 +49,7 @@ from torch import Tensor
 
 COMPILE_MIN_NUMEL = 1 << 18   # below this the dispatch of a compiled graph costs more than it saves
 COMPILE_ENV = "MEMEL_FUSED_COMPILE"
+BACKEND_ENV = "MEMEL_FUSED_BACKEND"   # "compile" (default) or "triton" (hand-written kernels, CUDA)
 TINY = torch.finfo(torch.float32).tiny
 
 
@@ -167,6 +168,16 @@ def compile_mode() -> str:
     return mode
 
 
+def use_triton(t: Tensor) -> bool:
+    """Whether the hand-written Triton kernels (:mod:`.fused_triton`) run for ``t``:
+    opt-in (``MEMEL_FUSED_BACKEND=triton``), CUDA tensors only."""
+    if os.environ.get(BACKEND_ENV, "compile").strip().lower() != "triton" or not t.is_cuda:
+        return False
+    from . import fused_triton
+
+    return fused_triton.available()
+
+
 class Kernel:
     """One kernel: the eager function and, made on first use, its compiled version.
 
@@ -248,7 +259,12 @@ class _ReplaceSelected(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, mu, rdenom, mask, thresh, kind, g):
-        out, sel, hits = REPLACE(z.detach(), mu, rdenom, mask, thresh, kind, numel=z.numel())
+        if use_triton(z):
+            from . import fused_triton
+
+            out, sel, hits = fused_triton.replace(z.detach(), mu, rdenom, mask, thresh, kind)
+        else:
+            out, sel, hits = REPLACE(z.detach(), mu, rdenom, mask, thresh, kind, numel=z.numel())
         ctx.mark_non_differentiable(sel, hits)
         ctx.g = float(g)
         if ctx.g != 1.0:  # g = 1 (straight-through) needs nothing for backward
@@ -260,6 +276,10 @@ class _ReplaceSelected(torch.autograd.Function):
         if ctx.g == 1.0:
             return (grad,) + (None,) * 6
         (sel,) = ctx.saved_tensors
+        if use_triton(grad):
+            from . import fused_triton
+
+            return (fused_triton.grad_scale(grad, sel, ctx.g),) + (None,) * 6
         return (GRAD_SCALE(grad, sel, ctx.g, numel=grad.numel()),) + (None,) * 6
 
 
