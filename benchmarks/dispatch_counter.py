@@ -28,8 +28,10 @@ Counting rules (one record per op):
   (it is not counted again as an output).
 - **FLOPs.** ``torch.utils.flop_counter``'s formulas (matmuls, convolutions,
   attention; 2 FLOPs per multiply-add), plus the CPU flash-attention ops, which fake
-  CPU runs dispatch to; a causal attention counts half the ``L x L`` products (a
-  flash kernel skips the masked blocks). Elementwise arithmetic is not counted: it is
+  CPU runs dispatch to; a causal attention (``is_causal``, or any ``attn_mask`` when
+  the counter is built with ``causal_masks=True``, for models that pass their causal
+  mask as a tensor) counts half the ``L x L`` products (a flash kernel skips the
+  masked blocks). Elementwise arithmetic is not counted: it is
   memory bound and its cost is in the bytes.
 
 Regions: ops are charged to the innermost active region, ``"model"`` by default.
@@ -94,26 +96,28 @@ def footprint(t: Tensor) -> int:
     return n * t.element_size()
 
 
-def _cpu_flash_flops(query: Tensor, key: Tensor, value: Tensor, dropout_p: float = 0.0,
-                     is_causal: bool = False, **_: Any) -> int:
-    flops = sdpa_flop_count(query.shape, key.shape, value.shape)
-    return flops // 2 if is_causal else flops
+def _cpu_flash_flops(query: Tensor, key: Tensor, value: Tensor, *_: Any, **__: Any) -> int:
+    return sdpa_flop_count(query.shape, key.shape, value.shape)
 
 
-def _cpu_flash_backward_flops(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, out: Tensor,
-                              logsumexp: Tensor, dropout_p: float, is_causal: bool, **_: Any) -> int:
-    flops = sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
-    return flops // 2 if is_causal else flops
+def _cpu_flash_backward_flops(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, *_: Any,
+                              **__: Any) -> int:
+    return sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
 
 
 EXTRA_FLOPS = {
     "aten::_scaled_dot_product_flash_attention_for_cpu": _cpu_flash_flops,
     "aten::_scaled_dot_product_flash_attention_for_cpu_backward": _cpu_flash_backward_flops,
 }
-# Registry formulas count the full L x L products; halve them for causal attention.
+# Attention ops and the position of their is_causal argument: formulas count the full
+# L x L products, a causal kernel computes about half of them.
 CAUSAL_ARG = {
+    "aten::_scaled_dot_product_flash_attention_for_cpu": 4,
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward": 7,
     "aten::_scaled_dot_product_flash_attention": 4,
+    "aten::_scaled_dot_product_flash_attention_backward": 9,
     "aten::_scaled_dot_product_efficient_attention": 5,
+    "aten::_scaled_dot_product_efficient_attention_backward": 10,
     "aten::_scaled_dot_product_cudnn_attention": 6,
 }
 
@@ -197,22 +201,24 @@ def _launches(func, name: str, tensors: list[Tensor]) -> int:
     return 1
 
 
-def _flops(func, name: str, args: tuple, kwargs: dict, out: Any) -> int:
-    if name in EXTRA_FLOPS:
-        return int(EXTRA_FLOPS[name](*args, **kwargs))
-    formula = flop_registry.get(func._overloadpacket)
-    if formula is None:
+def _flops(func, name: str, args: tuple, kwargs: dict, out: Any, causal_masks: bool) -> int:
+    formula = EXTRA_FLOPS.get(name)
+    if formula is not None:
+        flops = int(formula(*args, **kwargs))
+    elif func._overloadpacket in flop_registry:
+        flops = int(flop_registry[func._overloadpacket](*args, **kwargs, out_val=out))
+    else:
         return 0
-    flops = int(formula(*args, **kwargs, out_val=out))
     pos = CAUSAL_ARG.get(name)
     if pos is not None:
-        causal = kwargs.get("is_causal", args[pos] if len(args) > pos else False)
-        if causal is True:
+        causal = kwargs.get("is_causal", args[pos] if len(args) > pos else False) is True
+        if causal or (causal_masks and kwargs.get("attn_mask") is not None):
             flops //= 2
     return flops
 
 
-def op_record(func, args: tuple, kwargs: dict, out: Any, region: str, phase: str) -> OpRecord:
+def op_record(func, args: tuple, kwargs: dict, out: Any, region: str, phase: str,
+              causal_masks: bool = False) -> OpRecord:
     """Apply the counting rules (module docstring) to one dispatched op."""
     name = func._schema.name
     outputs = _tensors(out)
@@ -241,18 +247,19 @@ def op_record(func, args: tuple, kwargs: dict, out: Any, region: str, phase: str
             written_ids.add(id(t))
             written += footprint(t)
     dtype = inputs[0].dtype if inputs else None
-    return OpRecord(region, phase, name, kernels, read, written, _flops(func, name, args, kwargs, out), dtype)
+    return OpRecord(region, phase, name, kernels, read, written, _flops(func, name, args, kwargs, out, causal_masks), dtype)
 
 
 class DispatchCounter(TorchDispatchMode):
     """Record every dispatched op (see the module docstring) under the current region.
 
     Use as a context manager around one forward+backward; read :meth:`cost` per region
-    (and phase) or :meth:`total`. ``records`` keeps every op for a per-op time model.
+    (and phase) or :meth:`total`. ``causal_masks``: every attention mask is causal. ``records`` keeps every op for a per-op time model.
     """
 
-    def __init__(self, default_region: str = "model") -> None:
+    def __init__(self, default_region: str = "model", causal_masks: bool = False) -> None:
         super().__init__()
+        self.causal_masks = causal_masks
         self.records: list[OpRecord] = []
         self._stack: list[str] = [default_region]
         self._pending: list[tuple[str, list[Tensor]]] = []
@@ -323,7 +330,7 @@ class DispatchCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         phase = "backward" if torch._C._current_graph_task_id() != -1 else "forward"
-        self.records.append(op_record(func, args, kwargs, out, self.region_name, phase))
+        self.records.append(op_record(func, args, kwargs, out, self.region_name, phase, self.causal_masks))
         return out
 
     def __exit__(self, *exc: Any) -> Any:

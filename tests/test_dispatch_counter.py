@@ -183,3 +183,17 @@ def test_region_context_manager_nests():
                 x - 1
         x / 2
     assert {k: v.kernels for k, v in counter.by_region().items()} == {"model": 2, "a": 1, "b": 1}
+
+
+def test_attention_flops_and_causal_halving():
+    q = torch.randn(2, 3, 16, 8)
+    sdpa = nn.functional.scaled_dot_product_attention
+    full = count(lambda: sdpa(q, q, q)).total()
+    assert full.flops == 2 * (2 * 2 * 3 * 16 * 16 * 8)  # q k^T and p v
+    assert count(lambda: sdpa(q, q, q, is_causal=True)).total().flops == full.flops // 2
+    mask = torch.ones(16, 16, dtype=torch.bool).tril()
+    assert count(lambda: sdpa(q, q, q, attn_mask=mask)).total().flops == full.flops  # a mask of unknown kind
+    counter = DispatchCounter(causal_masks=True)
+    with counter:
+        sdpa(q, q, q, attn_mask=mask)
+    assert counter.total().flops == full.flops // 2
