@@ -54,6 +54,7 @@ Assumptions of the time model (all printed with the table, all settable):
     python benchmarks/cost_model.py                         # all models, ~1-2 min on a CPU
     python benchmarks/cost_model.py --models pythia-70m bert-base --markdown table.md
     python benchmarks/cost_model.py --hbm-eff 0.7 --mm-eff 0.5 --launch-us 6
+    python benchmarks/cost_model.py --models pythia-410m --breakdown   # the inhibition's costliest ops
 """
 from __future__ import annotations
 
@@ -380,6 +381,23 @@ def assumptions(hw: Hardware, dtype: str) -> str:
             f"memel = {METHODS['memel']}; l2e = {METHODS['l2e']}; torch {torch.__version__}")
 
 
+def breakdown(m: Measured, hw: Hardware, top: int = 12) -> str:
+    """The inhibition's ops of one tap, most expensive first: launches, bytes, predicted us."""
+    per_op: dict[tuple[str, str], list[float]] = {}
+    for r in m.select(INHIBITION):
+        if r.kernels:
+            acc = per_op.setdefault((r.phase, r.op), [0, 0, 0.0])
+            acc[0] += r.kernels
+            acc[1] += r.bytes_read + r.bytes_written
+            acc[2] += hw.op_time(r)
+    rows = sorted(per_op.items(), key=lambda kv: -kv[1][2])
+    lines = [f"  {m.model} {m.method}, per tap: {'phase':<8} {'op':<28} {'launches':>8} {'MB':>9} {'us':>8}"]
+    for (phase, op), (k, b, t) in rows[:top]:
+        lines.append(f"  {'':<{len(m.model) + len(m.method) + 10}} {phase:<8} {op:<28} {k / m.taps:>8.1f} "
+                     f"{b / m.taps / 1e6:>9.2f} {t / m.taps * 1e6:>8.1f}")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> list[Row]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
@@ -391,6 +409,7 @@ def main(argv: Optional[list[str]] = None) -> list[Row]:
     p.add_argument("--mm-eff", type=float, default=0.6)
     p.add_argument("--launch-us", type=float, default=4.0)
     p.add_argument("--markdown", metavar="FILE", default=None, help="also write the table as markdown")
+    p.add_argument("--breakdown", action="store_true", help="also print the inhibition's costliest ops per tap")
     args = p.parse_args(argv)
     for flag, value in (("--hbm-eff", args.hbm_eff), ("--mm-eff", args.mm_eff)):
         if not 0.0 < value <= 1.0:
@@ -405,8 +424,11 @@ def main(argv: Optional[list[str]] = None) -> list[Row]:
         fake = FakeTensorMode(allow_non_fake_inputs=True)
         for work in workloads(name, fake, args.batch, args.seq):
             for method in args.methods:
-                rows.append(summarize(measure(work, method, fake, args.dtype), hw))
+                measured = measure(work, method, fake, args.dtype)
+                rows.append(summarize(measured, hw))
                 print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+                if args.breakdown:
+                    print(breakdown(measured, hw), flush=True)
     table = format_table(rows)
     note = assumptions(hw, args.dtype)
     print(f"\n{table}\n\nAssumptions: {note}\n(counted in {time.perf_counter() - t0:.0f} s)")

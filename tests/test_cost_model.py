@@ -85,7 +85,7 @@ def test_placements_scale_with_the_number_of_taps(tiny):
 def test_cli_table_and_markdown(tmp_path, capsys):
     out = tmp_path / "cost.md"
     rows = cm.main(["--models", "pythia-70m", "--methods", "memel", "--seq", "8", "--batch", "1",
-                    "--markdown", str(out)])
+                    "--markdown", str(out), "--breakdown"])
     assert [(r.model, r.method, r.taps) for r in rows] == [("pythia-70m/all", "memel", 6), ("pythia-70m/mid2", "memel", 2)]
     for r in rows:
         assert r.model_kernels > 0 and r.inh_kernels > 0 and r.overhead > 0
@@ -93,7 +93,9 @@ def test_cli_table_and_markdown(tmp_path, capsys):
     assert rows[0].inh_kernels == 3 * rows[1].inh_kernels and rows[0].model_gb == rows[1].model_gb
     text = out.read_text()
     assert text.startswith("| model/taps | method |") and text.count("\n| pythia-70m/") == 2
-    assert "Assumptions:" in text and "Assumptions:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Assumptions:" in text and "Assumptions:" in printed
+    assert "pythia-70m/all memel, per tap:" in printed and "aten::where" in printed  # the breakdown
 
 
 def test_cli_rejects_bad_efficiency():
