@@ -13,7 +13,8 @@ Counting rules (one record per op):
   GPU: a view or alias (its schema says the output aliases an input: ``view``,
   ``permute``, ``expand``, ``t``, ``slice``...; plus ``_unsafe_view``, ``detach``,
   ``alias``, ``lift_fresh``), an allocation without a fill (``empty*``,
-  ``new_empty*``), a metadata query (``sym_size``, ``prim.device``...), or an op whose
+  ``new_empty*``), a Python number made a 0-dim tensor (``scalar_tensor``: a
+  host-side wrapped scalar on a GPU), a metadata query (``sym_size``, ``prim.device``...), or an op whose
   tensors are all empty. ``aten._local_scalar_dense`` (``.item()``, ``bool(t)``) is
   a device-to-host sync and is counted under ``syncs``, not launches. A ``_foreach_``
   op counts as one launch (a GPU splits it into a few chunks).
@@ -73,6 +74,9 @@ NO_KERNEL = {
     "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty", "aten::new_empty_strided",
     "aten::sym_size", "aten::sym_stride", "aten::sym_numel", "aten::sym_storage_offset", "aten::is_same_size",
     "aten::resize_", "aten::set_", "prim::device", "prim::layout",
+    # the 0-dim host tensor of a Python number (``where(c, x, 0.0)``): on a GPU run it stays
+    # on the host as a wrapped scalar; a CPU simulation cannot tell it from a device fill
+    "aten::scalar_tensor",
 }
 SYNC = {"aten::_local_scalar_dense"}
 # In-place ops that overwrite their destination without reading it.

@@ -197,3 +197,10 @@ def test_attention_flops_and_causal_halving():
     with counter:
         sdpa(q, q, q, attn_mask=mask)
     assert counter.total().flops == full.flops // 2
+
+
+def test_python_scalars_are_not_kernels():
+    x, cond = torch.randn(10), torch.rand(10) > 0.5
+    c = count(lambda: torch.where(cond, x, 0.0)).total()
+    assert dict(c.ops) == {"aten::where": 1}
+    assert c.bytes_read - (10 + 40) in (4, 8)  # the mask, x and the 0-dim scalar (one element)
