@@ -78,6 +78,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dispatch_counter import DispatchCounter, OpRecord  # noqa: E402
 from memel_lightning.inhibition import MEmeL  # noqa: E402
 
+try:  # the project's tap placement rules, in one module since the models/taps.py refactor
+    from memel_lightning.models.taps import middle_blocks, timm_default_taps
+except ImportError:  # before it: where the rules lived with their models
+    from memel_lightning.models.glue import middle_blocks
+    from memel_lightning.models.image import timm_default_taps
+
 INHIBITION = "inhibition"
 METHODS: dict[str, dict[str, Any]] = {
     "memel": dict(selector="topk", k=1, strategy="reverse", delta=1.0),
@@ -146,8 +152,6 @@ def _classification_step(x: Tensor, y: Tensor) -> Callable[[nn.Module], Tensor]:
 def swin_tiny(fake: FakeTensorMode, batch: int) -> Workload:
     import timm
 
-    from memel_lightning.models.image import timm_default_taps
-
     model = _fake_model(fake, lambda: timm.create_model("swin_tiny_patch4_window7_224", pretrained=False))
     modules = dict(model.named_modules())
     taps = {name: modules[name] for name in timm_default_taps(model)}
@@ -159,8 +163,6 @@ def swin_tiny(fake: FakeTensorMode, batch: int) -> Workload:
 
 def bert_base(fake: FakeTensorMode, batch: int, seq: int = 128) -> Workload:
     from transformers import BertConfig, BertForSequenceClassification
-
-    from memel_lightning.models.glue import middle_blocks
 
     config = BertConfig(num_labels=2)
     config._attn_implementation = "sdpa"
