@@ -224,7 +224,9 @@ def workloads(name: str, fake: FakeTensorMode, batch: Optional[int] = None,
         return [bert_base(fake, batch or 32, seq or 128)]
     if name in PYTHIA_BATCH:
         return pythia(fake, name, batch or PYTHIA_BATCH[name], seq=seq or 2048)
-    raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+    if name == "pythia-tiny":  # 2 layers of 64: a smoke test of the whole script in seconds
+        return pythia(fake, "tiny", batch or 2, seq=seq or 64)
+    raise ValueError(f"unknown model {name!r}; choose from {MODELS + ['pythia-tiny']}")
 
 
 # --------------------------------------------------------------------------- attaching
@@ -402,7 +404,7 @@ def breakdown(m: Measured, hw: Hardware, top: int = 12) -> str:
 
 def main(argv: Optional[list[str]] = None) -> list[Row]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS + ["pythia-tiny"])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--batch", type=int, default=None, help="override every model's batch (sequences/images)")
     p.add_argument("--seq", type=int, default=None, help="override the sequence length (BERT, Pythia)")
