@@ -51,10 +51,11 @@ Assumptions of the time model (all printed with the table, all settable):
 - The MEmeL core is the current one (``memel_lightning.inhibition.MEmeL``), attached by
   a plain forward hook on each tap module that replaces its output, as the callback does.
 
-    python benchmarks/cost_model.py                         # all models, ~1-2 min on a CPU
+    python benchmarks/cost_model.py                         # all models, ~3 min on a shared 2-core CPU
     python benchmarks/cost_model.py --models pythia-70m bert-base --markdown table.md
     python benchmarks/cost_model.py --hbm-eff 0.7 --mm-eff 0.5 --launch-us 6
     python benchmarks/cost_model.py --models pythia-410m --breakdown   # the inhibition's costliest ops
+    python benchmarks/cost_model.py --models pythia-tiny                # smoke test (2 layers of 64), seconds
 """
 from __future__ import annotations
 
