@@ -251,14 +251,16 @@ def op_record(func, args: tuple, kwargs: dict, out: Any, region: str, phase: str
             written_ids.add(id(t))
             written += footprint(t)
     dtype = inputs[0].dtype if inputs else None
-    return OpRecord(region, phase, name, kernels, read, written, _flops(func, name, args, kwargs, out, causal_masks), dtype)
+    flops = _flops(func, name, args, kwargs, out, causal_masks)
+    return OpRecord(region, phase, name, kernels, read, written, flops, dtype)
 
 
 class DispatchCounter(TorchDispatchMode):
     """Record every dispatched op (see the module docstring) under the current region.
 
     Use as a context manager around one forward+backward; read :meth:`cost` per region
-    (and phase) or :meth:`total`. ``causal_masks``: every attention mask is causal. ``records`` keeps every op for a per-op time model.
+    (and phase) or :meth:`total`; ``records`` keeps every op for a per-op time model.
+    ``causal_masks``: every attention mask is a causal one (module docstring).
     """
 
     def __init__(self, default_region: str = "model", causal_masks: bool = False) -> None:
