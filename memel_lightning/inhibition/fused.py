@@ -168,6 +168,12 @@ def compile_mode() -> str:
     return mode
 
 
+def _has_fake(args: tuple) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return any(isinstance(a, FakeTensor) for a in args)
+
+
 def use_triton(t: Tensor) -> bool:
     """Whether the hand-written Triton kernels (:mod:`.fused_triton`) run for ``t``:
     opt-in (``MEMEL_FUSED_BACKEND=triton``), CUDA tensors only."""
@@ -193,7 +199,9 @@ class Kernel:
     def __call__(self, *args, numel: int = 0, **kwargs):
         mode = compile_mode()
         use = not self.failed and (mode == "always" or (mode == "auto" and numel >= COMPILE_MIN_NUMEL))
-        if use and not torch.compiler.is_compiling():
+        # Inside a traced graph the eager ops are traced (fused by the outer compiler);
+        # fake tensors (shape-only runs, e.g. benchmarks/memory.py) need no kernel.
+        if use and not torch.compiler.is_compiling() and not _has_fake(args):
             if self._compiled is None:
                 self._compiled = torch.compile(self.fn, dynamic=None)
             try:
