@@ -300,3 +300,51 @@ def test_compiled_kernels_match_eager(monkeypatch):
     torch.testing.assert_close(m2, m2_ref)
     assert not any(k.failed for k in (fused.MOMENTS, fused.REPLACE, fused.GRAD_SCALE, fused.SELECT))
     assert fused.REPLACE._compiled is not None
+
+
+# ---------------------------------------------------------------- statistics update (docs/method.md §2-§3)
+@pytest.mark.parametrize("masked", [False, True])
+def test_update_and_scale_matches_running_moments_over_a_stream(masked):
+    """Merge, forgetting (more batches than forget_steps), a skipped non-finite batch,
+    masked neurons, and the variance floor over seen neurons: as RunningMoments + scale_parameters."""
+    from memel_lightning.inhibition.moments import RunningMoments
+    from memel_lightning.inhibition.scale import scale_parameters
+
+    ref, fast = RunningMoments(forget_steps=3), RunningMoments(forget_steps=3)
+    g = torch.Generator().manual_seed(11)
+    first = torch.randn(9, 6, generator=g)
+    ref.update(first)
+    fast.update(first)  # the first batch allocates the statistics (reference path)
+    assert fused.can_update(fast)
+    for step in range(7):
+        x = torch.randn(9, 6, generator=g) * (1 + step) + step
+        mask = (torch.rand(9, 6, generator=g) > 0.3) if masked else None
+        if masked:
+            mask[:, 4] = False  # a neuron with no valid value this batch keeps its statistics
+        if masked:
+            x[~mask] = float("nan")  # NaN at masked positions never counts
+        if step == 3:  # a non-finite valid value: the batch is skipped
+            r, c = mask.nonzero()[0].tolist() if masked else (0, 0)
+            x[r, c] = float("inf")
+        ref.update(x, mask)
+        mu_ref, denom_ref = scale_parameters(ref, 6, 0.01)
+        mu, denom = fused.update_and_scale(fast, x, mask, 0.01)
+        for name in ("mean", "var"):
+            torch.testing.assert_close(getattr(fast, name), getattr(ref, name), rtol=1e-5, atol=1e-6)
+        for name in ("count", "steps", "skipped"):
+            assert torch.equal(getattr(fast, name), getattr(ref, name)), (name, step)
+        torch.testing.assert_close(mu, mu_ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(denom, denom_ref, rtol=1e-5, atol=1e-6)
+    assert int(fast.skipped) == 1
+
+
+def test_update_and_scale_refuses_other_statistics():
+    from memel_lightning.inhibition.moments import RunningMoments
+
+    assert not fused.can_update(RunningMoments())  # not initialised yet
+    grow = RunningMoments(variable_size=True)
+    grow.update(torch.randn(4, 3))
+    assert not fused.can_update(grow)
+    strict = RunningMoments(nonfinite="raise")
+    strict.update(torch.randn(4, 3))
+    assert not fused.can_update(strict)
