@@ -1,4 +1,4 @@
-"""Per-neuron running mean and variance: Lemma 3.2 of MEmeL (SPEC section 2)."""
+"""Per-neuron running mean and variance: Lemma 3.2 of MEmeL (docs/method.md §2)."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -36,7 +36,7 @@ def batch_moments(x: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Ten
 
 
 def all_reduce_moments(n: Tensor, mean: Tensor, m2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Combine per-rank batch moments into those of the global batch (SPEC section 2).
+    """Combine per-rank batch moments into those of the global batch (docs/method.md §2.3).
 
     Sums ``count``, ``sum`` and ``sum of squares`` over the default process group in one
     float64 all-reduce; float64 keeps ``sum_sq - n * mean^2`` free of cancellation.

@@ -1,4 +1,4 @@
-"""The Monosemantic Scale (MEmeL, Definition 3.1; SPEC section 3)."""
+"""The Monosemantic Scale (MEmeL, Definition 3.1; docs/method.md §3)."""
 from __future__ import annotations
 
 import torch
