@@ -107,7 +107,7 @@ def test_reverse_with_delta_0_and_minus_1_equals_the_naive_strategies():
 
 # ---------------------------------------------------------------- MEmeL end to end
 def reference_memel_step(ref, x, k, delta, score_with, late, step, eps=0.01):
-    """One MEmeL training step per SPEC: returns (output, grad wrt x for upstream=1, selection)."""
+    """One MEmeL training step per docs/method.md: returns (output, grad wrt x for upstream=1, selection)."""
     phi = None
     if score_with == "previous" and step > 0:
         phi = ref.phi(x.numpy(), eps)
