@@ -264,7 +264,7 @@ class MEmeL(nn.Module):
         if training:
             if self.config.score_with == "previous" and self.moments.initialized:
                 phi = monosemantic_scale(x, self.moments, self.config.eps)
-            inhibit = self._inhibit_step
+            inhibit = self._inhibit_step  # docs/method.md §4.0: late_start counts steps (batches)
             self.moments.update(x, m2)  # docs/method.md §2: one statistics update per call
             self._trained = True
         else:
@@ -279,7 +279,7 @@ class MEmeL(nn.Module):
 
         selected = self.selector(phi, scored_mask, update=training)
         stats = TapStatistics(mu, denom, loss_scale=self._loss_scale if training else 1.0)
-        out2 = self.strategy(z2, selected, stats) if inhibit else z2
+        out2 = self.strategy(z2, selected, stats) if inhibit else z2  # docs/method.md §4-§5
         if training and self._in_step:
             self._record(z2, phi, selected if inhibit else None, scored_mask, labels, stats)
         return z if out2 is z2 else self.layout.restore(out2, z)

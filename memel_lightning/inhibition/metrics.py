@@ -128,10 +128,10 @@ class InhibitionMetrics(MetricGroup):
         neurons = has_values.sum().double()
         mono = ((col_max > tau_report) & has_values).sum().double()
         kills = kills_pn.sum()
-        # kill_concentration (§6.3): kills on neurons selected in > max_share of their samples
+        # kill_concentration (docs/method.md §6.3): kills on neurons selected in > max_share of their samples
         concentrated = (kills_pn * (kills_pn > max_share * valid)).sum()
         top = col_max.masked_fill(~has_values, float("-inf")).amax() if col_max.numel() else col_max.new_zeros(())
-        out = {
+        out = {  # docs/method.md §6.2
             SELECTED_FRAC: kills / values,
             MONO_RATIO: mono / neurons.clamp(min=1.0),
             PHI_MEAN: s["phi_sum"] / values,
@@ -145,7 +145,7 @@ class InhibitionMetrics(MetricGroup):
             KILLS_PER_NEURON: kills_pn,
         }
         if bool(s["penalty_rows"] > 0):
-            # Regulariser (§5.4): sum over calls of lambda * sum_selected phi / N, with N the
+            # reg_loss (docs/method.md §6.5): sum over calls of lambda * sum_selected phi / N, with N the
             # rows of a call in the global batch (calls of a step have equal N).
             out[REG_LOSS] = s["penalty"] * s["calls"] / s["penalty_rows"]
         return out
@@ -238,7 +238,7 @@ def distributed() -> bool:
 
 
 def reduce_across_ranks(accumulators: Sequence[StepAccumulator]) -> list[dict[str, Tensor]]:
-    """Merge every accumulator's states across ranks with ONE collective.
+    """Merge every accumulator's states across ranks with ONE collective (docs/method.md §6.1).
 
     All ranks must call it with the same taps in the same order; per-neuron states
     must already have the same size on every rank (``StepAccumulator.resize``).
@@ -261,7 +261,7 @@ def reduce_across_ranks(accumulators: Sequence[StepAccumulator]) -> list[dict[st
 
 
 def aggregate(per_tap: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Aggregates over taps: ``mono_ratio`` weighted by neurons, ``kill_concentration``
+    """Aggregates over taps (docs/method.md §6.6): ``mono_ratio`` weighted by neurons, ``kill_concentration``
     by kills (``fkr`` by labelled kills, when a group reports it)."""
     if not per_tap:
         return {}

@@ -28,7 +28,7 @@ class Selector(nn.Module):
 
 
 class TopK(Selector):
-    """For every sample (row) the ``k`` values of highest phi across the tap's neurons.
+    """For every sample (row) the ``k`` values of highest phi across the tap's neurons (§4.1).
 
     All values tied with the k-th largest are selected too (docs/method.md §4.1:
     ties are all selected), so a row may hold more than ``k`` selections.
@@ -60,7 +60,7 @@ class TopK(Selector):
 
 
 class Threshold(Selector):
-    """Every value with ``phi > tau`` (a fixed threshold)."""
+    """Every value with ``phi > tau`` (a fixed threshold, docs/method.md §4.2)."""
 
     def __init__(self, tau: float) -> None:
         super().__init__()
@@ -157,7 +157,7 @@ class MovingThreshold(Selector):
             fraction = hits / max(selected.numel(), 1)
         else:
             fraction = hits / mask.sum(dtype=torch.float32).clamp(min=1.0)
-        # log tau <- log tau + lr * clip((f - rho) / rho, -1, 1)
+        # docs/method.md §4.3: log tau <- log tau + lr * clip((f - rho) / rho, -1, 1)
         step = ((fraction - self.target_ratio) / self.target_ratio).clamp_(-1.0, 1.0)
         self.tau.mul_(torch.exp(step.mul_(self.lr)))
         self.last_fraction.copy_(fraction)

@@ -40,7 +40,8 @@ class TapStatistics:
 
 
 class ReplaceWithMean(torch.autograd.Function):
-    """Forward: ``where(selected, mu, z)``. Backward: ``grad * where(selected, g, 1)``."""
+    """Forward: ``where(selected, mu, z)``. Backward: ``grad * where(selected, g, 1)``
+    (docs/method.md §5.1: g = -delta, 0 or +1)."""
 
     @staticmethod
     def forward(ctx, z: Tensor, selected: Tensor, mean: Tensor, grad_scale: float) -> Tensor:
@@ -69,7 +70,7 @@ class Strategy(nn.Module):
 
 
 class ReverseDeactivation(Strategy):
-    """Reverse Deactivation (MEmeL eq. 12): ``z' = -delta*z + sg(mu + delta*z)``.
+    """Reverse Deactivation (MEmeL eq. 12, docs/method.md §5): ``z' = -delta*z + sg(mu + delta*z)``.
 
     The forward value is the running mean ``mu``; the gradient is ``-delta``, so the
     update pushes the neuron *away* from the response it gave. ``delta = 0`` is
@@ -126,14 +127,14 @@ class _IdentityWithRegulariser(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         z, selected, mean, coef = ctx.saved_tensors
         work = torch.promote_types(z.dtype, torch.float32)
-        # d/dz [lambda/N * (z - mu)^2 / denom] = 2 * lambda / (N * denom) * (z - mu) on selected values
+        # docs/method.md §5.2: d/dz [lambda/N * (z - mu)^2 / denom] = 2 * lambda / (N * denom) * (z - mu) on selected values
         extra = z.to(work) - mean.to(work)  # a new tensor: z itself is never written
         extra.mul_(coef.to(work)).masked_fill_(selected.logical_not(), 0.0)
         return grad + extra.to(grad.dtype), None, None, None
 
 
 class Regularize(Strategy):
-    r"""L2E-style inhibition by a loss term, without touching ``training_step``.
+    r"""L2E-style inhibition by a loss term, without touching ``training_step`` (docs/method.md §5.2).
 
     Forward values are unchanged. Backward adds the gradient of
 
@@ -148,7 +149,7 @@ class Regularize(Strategy):
     the AMP loss scale under fp16), R's gradient is multiplied by ``stats.loss_scale``,
     the same factor (``MEmeL.begin_step(loss_scale=...)``; the callback passes the
     trainer's; 1 when used alone). :meth:`penalty` gives ``N * R`` for the metrics
-    (docs/method.md §5.4, computed on recording steps only).
+    (docs/method.md §5.2 and §6.5, computed on recording steps only).
     The output is a view of ``z`` (no copy): a module after the tap must not modify it
     in place (autograd raises if it does).
 
