@@ -18,10 +18,10 @@ monosemantic when its maximum phi over a set exceeds ``tau_report``;
 :func:`phi_selection_quality` compares that with the truth (precision, recall) and
 gives the Spearman rank correlation between each neuron's max phi and ``share_j``.
 
-MEmeL's False Killing Rate (``memel/fkr``) calls a kill false when its neuron was
-selected in more than ``max_share`` of the step's samples. :func:`true_kill_rates` gives
-the rate it stands for, the share of kills on neurons that are *not* truly
-monosemantic::
+MEmeL's kill concentration (``memel/kill_concentration``, once logged as ``memel/fkr``)
+counts the kills on neurons selected in more than ``max_share`` of the step's samples, a
+label-free proxy for false kills. :func:`true_kill_rates` gives the rate it stands in
+for, the share of kills on neurons that are *not* truly monosemantic::
 
     true_fkr = sum_j kills_j * [not mono_j] / sum_j kills_j
 
