@@ -264,6 +264,20 @@ class MEmeLCallback(Callback):
             "train_batches": self._train_batches,
         }
 
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Lightning restores a callback's state by its state_key (taps and every memel
+        # setting) and silently skips a callback it does not find: refuse instead of
+        # resuming with fresh statistics.
+        states = checkpoint.get("callbacks") or {}
+        theirs = [str(k) for k in states if str(k).startswith(type(self).__name__)]
+        if theirs and self.state_key not in states:
+            raise ValueError(
+                f"the checkpoint holds MEmeLCallback statistics under {theirs}, not under this callback's key "
+                f"{self.state_key!r}: it was written with other taps or memel settings, or by an older version "
+                "of MEmeLCallback (whose key listed only the settings given); resume with the same settings, "
+                "or start a new run from the weights only"
+            )
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "taps" not in state_dict:
             raise KeyError(
