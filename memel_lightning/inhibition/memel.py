@@ -176,9 +176,7 @@ class MEmeL(nn.Module):
 
     def metrics_from(self, states: dict[str, Tensor]) -> dict[str, Tensor]:
         """The step's metrics from merged states (plus the histogram sample, if asked)."""
-        out = M.StepAccumulator(self.metric_groups, self.moments.skipped.device).compute(
-            states, self.config.tau_report, self.config.max_share
-        )
+        out = M.compute(self.metric_groups, states, self.config.tau_report, self.config.max_share)
         if self._histogram:
             out[PHI_SAMPLE] = torch.cat(self._histogram)
         self._histogram = None

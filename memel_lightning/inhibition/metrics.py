@@ -218,11 +218,16 @@ class StepAccumulator:
             offset += n
         return out
 
-    def compute(self, states: dict[str, Tensor], tau_report: float, max_share: float) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {}
-        for group in self.groups:
-            out.update(group.compute(states, tau_report, max_share))
-        return out
+
+
+def compute(
+    groups: Sequence[MetricGroup], states: dict[str, Tensor], tau_report: float, max_share: float
+) -> dict[str, Tensor]:
+    """Every group's metrics from merged states."""
+    out: dict[str, Tensor] = {}
+    for group in groups:
+        out.update(group.compute(states, tau_report, max_share))
+    return out
 
 
 def _pad(value: Tensor, size: int, state: MetricState) -> Tensor:
