@@ -107,6 +107,7 @@ class MEmeL(nn.Module):
         self._trained = False          # a training call happened in the open step
         self._inhibit_step = False     # the late start has passed for the open step
         self._loss_scale: Any = 1.0
+        self._recording = False
         self._acc: Optional[M.StepAccumulator] = None
         self._histogram: Optional[list[Tensor]] = None
 
@@ -155,8 +156,8 @@ class MEmeL(nn.Module):
         self._trained = False
         self._inhibit_step = self.inhibiting
         self._loss_scale = loss_scale
-        device = self.moments.skipped.device
-        self._acc = M.StepAccumulator(self.metric_groups, device) if (record or histogram) else None
+        self._recording = bool(record or histogram)
+        self._acc = None  # created at the first call, on the activations' device
         self._histogram = [] if histogram else None
 
     def close_step(self) -> Optional[M.StepAccumulator]:
@@ -170,6 +171,9 @@ class MEmeL(nn.Module):
             self.step += 1
         self._loss_scale = 1.0
         acc, self._acc = self._acc, None
+        if self._recording and acc is None:  # no training call this step: empty states
+            acc = M.StepAccumulator(self.metric_groups, self.moments.skipped.device)
+        self._recording = False
         if acc is not None:
             acc.resize(self.moments.num_neurons)  # the same on every rank when synced
         return acc
@@ -288,7 +292,9 @@ class MEmeL(nn.Module):
         self, z2: Tensor, phi: Tensor, selected: Optional[Tensor], mask: Optional[Tensor],
         labels: Optional[Tensor], stats: TapStatistics,
     ) -> None:
-        if self._acc is not None:
+        if self._recording:
+            if self._acc is None:
+                self._acc = M.StepAccumulator(self.metric_groups, phi.device)
             penalty = None
             if selected is not None and isinstance(self.strategy, Regularize):
                 penalty = self.strategy.penalty(z2, selected, stats)
