@@ -72,6 +72,13 @@ class MEmeLCallback(Callback):
     (one collective per logged step). The statistics are saved in the checkpoint and
     restored on resume. Hooks are removed at teardown.
 
+    Args:
+        taps: glob patterns over the module names, or ``default`` (the module's ``memel_taps()``).
+        memel: the settings of every tap (:class:`~memel_lightning.inhibition.MEmeLConfig`).
+        log_every_n_steps: training batches between logged steps; default: the trainer's.
+        hist_every_n_steps: training batches between phi histograms (TensorBoard).
+        sync_stats: all-reduce statistics and metric states across data-parallel ranks.
+
     Example (YAML for LightningCLI)::
 
         trainer:

@@ -18,23 +18,31 @@ STRATEGY_NAMES = ("reverse", "mean_nograd", "mean_passthrough", "regularize", "n
 class MEmeLConfig:
     """The settings of one MEmeL tap (docs/method.md gives every formula they enter).
 
-    Statistics (docs/method.md §2-§3): ``forget_steps`` (n_f, counted in statistics
-    updates, i.e. calls of the tap), ``eps`` (variance compensation),
-    ``score_with`` (``updated``: phi from the statistics after merging the batch;
-    ``previous``: before), ``reduce_dims`` (neuron axes pooled into samples),
-    ``variable_shape`` (dynamic padding), ``nonfinite`` (``skip`` or ``raise``).
+    Invalid values raise :class:`MEmeLConfigError` with one line naming the setting.
 
-    Selection (§4): ``selector`` (``topk`` | ``threshold`` | ``moving_threshold``),
-    ``k`` (topk), ``tau`` (threshold), ``target_ratio`` and ``threshold_lr``
-    (moving threshold: target share and log-space step size).
-
-    Inhibition (§5): ``strategy`` (``reverse`` | ``mean_nograd`` | ``mean_passthrough``
-    | ``regularize`` | ``none``), ``delta`` (reverse), ``reg_lambda`` (regularize),
-    ``late_start`` (training batches before the first inhibited one),
-    ``active_in_eval``.
-
-    Reporting (§6): ``tau_report`` (phi above which a neuron counts as monosemantic),
-    ``max_share`` (kill_concentration's share of samples).
+    Args:
+        selector: which values to select (§4): ``topk``, ``threshold`` or ``moving_threshold``.
+        k: topk: values selected per sample, an integer >= 1 and at most the tap's neurons.
+        tau: threshold: phi above which a value is selected (required for ``threshold``).
+        target_ratio: moving_threshold: the share of values to select, in (0, 1).
+        threshold_lr: moving_threshold: step size of the log-space update of tau (§4.3), > 0.
+        strategy: what happens to a selected value (§5): ``reverse``, ``mean_nograd``,
+            ``mean_passthrough``, ``regularize`` or ``none``.
+        delta: reverse: gradient -delta on selected values (finite).
+        reg_lambda: regularize: weight of the penalty (§5.2), >= 0.
+        forget_steps: forgetting horizon n_f in statistics updates, i.e. calls of the tap (§2.4), >= 1.
+        late_start: training batches that only feed the statistics; batch late_start + 1 is
+            the first inhibited (§4.0), >= 0.
+        eps: variance compensation of the Monosemantic Scale (§3), > 0.
+        score_with: statistics phi is computed with (§3): ``updated`` (after merging the
+            batch) or ``previous`` (before).
+        reduce_dims: axes of the tap's per-sample shape pooled into the samples (§1).
+        active_in_eval: select and inhibit in eval mode too, with frozen statistics.
+        variable_shape: the first per-sample axis may change length between batches (dynamic padding).
+        tau_report: phi above which a neuron counts as monosemantic in mono_ratio (§6.2), >= 0.
+        max_share: kill_concentration: share of a neuron's samples above which its kills
+            count as concentrated (§6.3), in [0, 1].
+        nonfinite: a batch with NaN/inf activations: ``skip`` its statistics update or ``raise`` (§2.5).
 
     Example:
         >>> MEmeLConfig(k=2, delta=0.5).k
