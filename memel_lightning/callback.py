@@ -10,9 +10,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from .inhibition import MEmeL, MEmeLConfig, MEmeLConfigError, TapSet, attach, metrics
+from .inhibition import MEmeL, MEmeLConfig, MEmeLConfigError, TapSet, attach
 from .inhibition import TapNotFoundError, resolve_taps  # noqa: F401  (re-exported: older imports)
 from .inhibition.memel import PHI_SAMPLE
+from .inhibition.metrics import METRICS
 
 STATE_VERSION = 2
 
@@ -224,7 +225,7 @@ class MEmeLCallback(Callback):
         out: dict[str, Tensor] = {}
         for key, value in result.items():
             metric = key.rsplit("/", 1)[-1]
-            if metric in metrics.METRICS:
+            if metric in METRICS:
                 out[f"memel/{key}"] = value
         return out
 

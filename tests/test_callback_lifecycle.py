@@ -44,7 +44,7 @@ class Recurrent(pl.LightningModule):
         h = x
         changed = []
         for _ in range(T):
-            pre = torch.tanh(self.cell.weight.new_zeros(()) + h)  # the cell's input
+            pre = torch.tanh(h)  # the cell's input
             raw = nn.functional.linear(pre, self.cell.weight, self.cell.bias)
             h = self.cell(pre)
             self.raw.append(raw.detach().clone())

@@ -7,8 +7,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from torch import Tensor, nn
 
-from . import metrics as M
 from .memel import MEmeL
+from .metrics import aggregate, reduce_across_ranks
 
 
 class TapNotFoundError(ValueError):
@@ -150,13 +150,13 @@ class TapSet:
         accs = {n: m.close_step() for n, m in memels.items()}
         recorded = {n: a for n, a in accs.items() if a is not None}
         synced = [n for n in recorded if memels[n].sync_dist]
-        merged = dict(zip(synced, M.reduce_across_ranks([recorded[n] for n in synced])))
+        merged = dict(zip(synced, reduce_across_ranks([recorded[n] for n in synced])))
         per_tap: dict[str, dict[str, Tensor]] = {}
         for name, acc in recorded.items():
             states = merged[name] if name in merged else acc.snapshot()
             per_tap[name] = memels[name].metrics_from(states)
         out = {f"{name}/{key}": value for name, metrics in per_tap.items() for key, value in metrics.items()}
-        out.update(M.aggregate(per_tap))
+        out.update(aggregate(per_tap))
         return out
 
 

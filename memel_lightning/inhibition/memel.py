@@ -1,14 +1,15 @@
 """MEmeL: one tap's statistics, selection and inhibition (docs/method.md §1-§6)."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
-from . import metrics as M
 from .config import MEmeLConfig, MEmeLConfigError
 from .layout import TapLayout
+from .metrics import INHIBITION, MetricGroup, StepAccumulator, TapCall, reduce_across_ranks
+from .metrics import compute as compute_metrics
 from .moments import RunningMoments
 from .scale import monosemantic_scale, phi_from, scale_parameters
 from .selectors import Selector, TopK, build_selector
@@ -98,7 +99,7 @@ class MEmeL(nn.Module):
         self.variable_shape = variable
         self.sync_dist = sync_dist
         # Extension point: the labelled FKR (issue 11) appends its group here.
-        self.metric_groups: list[M.MetricGroup] = [M.INHIBITION]
+        self.metric_groups: list[MetricGroup] = [INHIBITION]
         # Plain Python state (saved through get_extra_state) so that no step needs a
         # device sync: training batches seen, and the per-sample shape of the output.
         self.step = 0
@@ -108,7 +109,7 @@ class MEmeL(nn.Module):
         self._inhibit_step = False     # the late start has passed for the open step
         self._loss_scale: Any = 1.0
         self._recording = False
-        self._acc: Optional[M.StepAccumulator] = None
+        self._acc: Optional[StepAccumulator] = None
         self._histogram: Optional[list[Tensor]] = None
 
     # ------------------------------------------------------------------ settings
@@ -160,7 +161,7 @@ class MEmeL(nn.Module):
         self._acc = None  # created at the first call, on the activations' device
         self._histogram = [] if histogram else None
 
-    def close_step(self) -> Optional[M.StepAccumulator]:
+    def close_step(self) -> Optional[StepAccumulator]:
         """End the step without computing metrics: the local states (None when not
         recording), sized for the cross-rank merge. :class:`TapSet` merges many taps'
         states with one collective and calls :meth:`metrics_from`."""
@@ -172,7 +173,7 @@ class MEmeL(nn.Module):
         self._loss_scale = 1.0
         acc, self._acc = self._acc, None
         if self._recording and acc is None:  # no training call this step: empty states
-            acc = M.StepAccumulator(self.metric_groups, self.moments.skipped.device)
+            acc = StepAccumulator(self.metric_groups, self.moments.skipped.device)
         self._recording = False
         if acc is not None:
             acc.resize(self.moments.num_neurons)  # the same on every rank when synced
@@ -180,7 +181,7 @@ class MEmeL(nn.Module):
 
     def metrics_from(self, states: dict[str, Tensor]) -> dict[str, Tensor]:
         """The step's metrics from merged states (plus the histogram sample, if asked)."""
-        out = M.compute(self.metric_groups, states, self.config.tau_report, self.config.max_share)
+        out = compute_metrics(self.metric_groups, states, self.config.tau_report, self.config.max_share)
         if self._histogram:
             out[PHI_SAMPLE] = torch.cat(self._histogram)
         self._histogram = None
@@ -196,7 +197,7 @@ class MEmeL(nn.Module):
         if acc is None:
             self._histogram = None
             return {}
-        states = M.reduce_across_ranks([acc])[0] if self.sync_dist else acc.snapshot()
+        states = reduce_across_ranks([acc])[0] if self.sync_dist else acc.snapshot()
         return self.metrics_from(states)
 
     # ------------------------------------------------------------------ shapes
@@ -294,7 +295,7 @@ class MEmeL(nn.Module):
     ) -> None:
         if self._recording:
             if self._acc is None:
-                self._acc = M.StepAccumulator(self.metric_groups, phi.device)
+                self._acc = StepAccumulator(self.metric_groups, phi.device)
             penalty = None
             if selected is not None and isinstance(self.strategy, Regularize):
                 penalty = self.strategy.penalty(z2, selected, stats)
@@ -302,7 +303,7 @@ class MEmeL(nn.Module):
             if labels is not None:  # one label per batch item -> one per sample row
                 per_item = z2.shape[0] // max(labels.shape[0], 1)
                 rows_labels = labels.repeat_interleave(per_item) if per_item > 1 else labels
-            call = M.TapCall(phi, selected, mask, rows_labels, penalty)
+            call = TapCall(phi, selected, mask, rows_labels, penalty)
             for group in self.metric_groups:
                 group.update(self._acc, call)
         if self._histogram is not None:

@@ -20,7 +20,7 @@ would round ``mu`` in low precision and keep two activation-sized tensors alive.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Union
 
 import torch
 from torch import Tensor, nn
