@@ -72,10 +72,13 @@ def select_best(frame, spec: SweepSpec):
     done["selected"] = _labels(done, spec.select)
     if not spec.select or done.empty:
         return done
-    order = {c.name: i for i, c in enumerate(spec.cells)}
+    order: dict[str, int] = {}
+    for i, cell in enumerate(spec.cells):
+        order.setdefault(",".join(f"{a}={cell.label(a)}" for a in spec.select), i)
     kept = []
     for _, part in done.groupby(["variant", "group"], sort=False):
-        means = part.groupby("selected", sort=False).agg(mean=("value", "mean"), first=("cell", lambda c: order[c.iloc[0]]))
+        means = part.groupby("selected", sort=False)["value"].mean().to_frame("mean")
+        means["first"] = [order.get(label, len(order)) for label in means.index]
         means = means.sort_values(["mean", "first"], ascending=[spec.mode == "min", True])
         kept.append(part[part["selected"] == means.index[0]])
     return pd.concat(kept)
