@@ -14,10 +14,10 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .launch import LAUNCHERS, FitFn
+from .launch import LAUNCHERS, FitFn, SubmititLauncher
 from .report import write_report
 from .runner import default_out, run_sweep
-from .runs import write_runs_csv
+from .runs import run_status, write_runs_csv
 from .spec import load_sweep, parse_overrides
 
 
@@ -36,9 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--launcher", choices=LAUNCHERS, default=None,
                         help="default: the sweep file's launcher.name, else inprocess (python cli.py sweep)")
     parser.add_argument("--report-only", action="store_true", help="only (re)write runs.csv and the report")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print how many runs are left (and the #SBATCH header for submitit); run nothing")
     cluster = parser.add_argument_group("submitit launcher (override the sweep file's 'launcher' mapping)")
-    cluster.add_argument("--cluster", choices=("slurm", "local"), default=None,
-                         help="submitit executor; default: SLURM when sbatch exists, else local")
+    cluster.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
+                         help="submitit executor (debug: in this process); default: SLURM when srun exists, else local")
     cluster.add_argument("--gpus", type=int, default=None, dest="gpus_per_node", help="GPUs per node of each run")
     cluster.add_argument("--nodes", type=int, default=None, help="nodes per run")
     cluster.add_argument("--tasks-per-node", type=int, default=None, dest="tasks_per_node",
@@ -74,6 +76,8 @@ def sweep_main(argv: Optional[Sequence[str]] = None, fit: Optional[FitFn] = None
         return None
     launcher = args.launcher or spec.launcher.get("name") or ("inprocess" if fit is not None else "subprocess")
     options = {k: getattr(args, k) for k in CLUSTER_OPTIONS}
+    if args.dry_run:
+        return _dry_run(spec, out, launcher, options, args.only)
     table = run_sweep(spec, base_config=args.config, out_dir=out, launcher=launcher, fit=fit, only=args.only,
                       launcher_options=options)
     print((out / "report.md").read_text())
@@ -82,3 +86,13 @@ def sweep_main(argv: Optional[Sequence[str]] = None, fit: Optional[FitFn] = None
         print(f"[sweep] {len(failed)} run(s) failed (see runs.csv, column error); run the same command again "
               "to start them again", flush=True)
     return table
+
+
+def _dry_run(spec, out: Path, launcher: str, options: dict, only) -> None:
+    keys = list(spec.runs(only))
+    left = [k for k in keys if run_status(k.run_dir(out)) != "done"]
+    print(f"[sweep] {spec.name}: {len(left)} run(s) to launch ({len(keys) - len(left)} finished) "
+          f"with launcher {launcher}, into {out}")
+    if launcher == "submitit":
+        merged = {**spec.launcher, **{k: v for k, v in options.items() if v is not None}}
+        print(SubmititLauncher.from_options(merged, folder=out / "submitit").sbatch_preview(len(left)))

@@ -179,6 +179,24 @@ class SubmititLauncher:
             raise SweepConfigError(f"launcher parameters {sorted(self.parameters)} rejected by submitit: {first}") from exc
         return executor
 
+    def sbatch_preview(self, n_runs: int) -> str:
+        """The ``#SBATCH`` header SLURM would get for ``n_runs`` runs (no SLURM needed).
+
+        Generic names are translated as submitit does on SLURM (``timeout_min -> time``,
+        ``tasks_per_node -> ntasks_per_node``, ``mem_gb -> mem``), ``slurm_*`` lose the prefix.
+        """
+        from submitit.slurm import slurm
+
+        params = {}
+        for key, value in self.parameters.items():
+            key = slurm.SlurmExecutor._equivalence_dict().get(key, key)
+            params[key[len("slurm_"):] if key.startswith("slurm_") else key] = value
+        if "mem" in params:
+            params["mem"] = f"{params['mem']}GB"
+        text = slurm._make_sbatch_string(command="python -m submitit.core._submit", folder=self.folder / "%j",
+                                         map_count=n_runs if self.array else None, **params)
+        return "\n".join(line for line in text.splitlines() if line.startswith("#SBATCH"))
+
     def launch(self, jobs: Sequence[RunJob]) -> None:
         if not jobs:
             return
