@@ -5,7 +5,7 @@ as ``fit`` (so this package never imports the CLI module); without ``fit`` the d
 launcher is ``subprocess``.
 
 Example:
-    >>> build_parser().parse_args(["--sweep", "s.yaml", "--launcher", "submitit", "--gpus", "8"]).gpus
+    >>> build_parser().parse_args(["--sweep", "s.yaml", "--launcher", "submitit", "--gpus", "8"]).gpus_per_node
     8
 """
 from __future__ import annotations

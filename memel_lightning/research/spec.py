@@ -29,9 +29,9 @@ compare::
     launcher: {name: submitit, gpus_per_node: 8, timeout_min: 600, slurm_partition: gpu}
 
 Example:
-    >>> spec = load_sweep("configs/sweeps/digits_quick.yaml")
-    >>> spec.baseline, spec.variant("baseline").memel["strategy"]
-    ('baseline', 'none')
+    >>> cell = Cell((("lr", "3e-05"),), (("model.init_args.lr", 3e-05),))
+    >>> RunKey("memel", cell, seed=0).run_dir(Path("out")).as_posix()
+    'out/memel/lr=3e-05/seed_0'
 """
 from __future__ import annotations
 
