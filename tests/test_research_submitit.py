@@ -95,7 +95,7 @@ def test_cli_options_override_the_sweep_file(tmp_path, capsys):
                 "--partition", "a100", "--no-array", "--dry-run"], fit=main)
     printed = capsys.readouterr().out
     assert "4 run(s) to launch (0 finished)" in printed
-    for line in ["--gpus-per-node=4", "--ntasks-per-node=4", "--time=30", "--partition=a100"]:
+    for line in ["--gpus-per-node=4", "--ntasks-per-node=4", "--time=30", "--partition=a100", "--job-name=cluster"]:
         assert f"#SBATCH {line}" in printed
     assert "--array" not in printed and not (tmp_path / "o").exists()
 

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from .launch import LAUNCHERS, FitFn, SubmititLauncher
 from .report import write_report
-from .runner import default_out, run_sweep
+from .runner import default_out, merged_launcher_options, run_sweep
 from .runs import run_status, write_runs_csv
 from .spec import load_sweep, parse_overrides
 
@@ -94,5 +94,5 @@ def _dry_run(spec, out: Path, launcher: str, options: dict, only) -> None:
     print(f"[sweep] {spec.name}: {len(left)} run(s) to launch ({len(keys) - len(left)} finished) "
           f"with launcher {launcher}, into {out}")
     if launcher == "submitit":
-        merged = {**spec.launcher, **{k: v for k, v in options.items() if v is not None}}
+        merged = merged_launcher_options(spec, options)
         print(SubmititLauncher.from_options(merged, folder=out / "submitit").sbatch_preview(len(left)))

@@ -190,6 +190,8 @@ class SubmititLauncher:
         params = {}
         for key, value in self.parameters.items():
             key = slurm.SlurmExecutor._equivalence_dict().get(key, key)
+            if key.startswith(("local_", "debug_")):
+                continue
             params[key[len("slurm_"):] if key.startswith("slurm_") else key] = value
         if "mem" in params:
             params["mem"] = f"{params['mem']}GB"

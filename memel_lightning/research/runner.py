@@ -29,6 +29,15 @@ def default_out(spec: SweepSpec) -> Path:
     return Path("runs") / "sweeps" / spec.name
 
 
+def merged_launcher_options(spec: SweepSpec, options: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """The sweep file's ``launcher`` mapping updated by the command line's options (``None``: not given).
+
+    SLURM jobs are named after the sweep unless the file names them.
+    """
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    return {"slurm_job_name": spec.name, **spec.launcher, **given}
+
+
 def run_sweep(
     spec: SweepSpec,
     base_config: Optional[str | Path] = None,
@@ -65,7 +74,7 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     if spec.path:
         shutil.copyfile(spec.path, out / "sweep.yaml")
-    options = {**spec.launcher, **{k: v for k, v in (launcher_options or {}).items() if v is not None}}
+    options = merged_launcher_options(spec, launcher_options)
     runner = make_launcher(launcher, fit, options, folder=out / "submitit")
     jobs = [job for job in (_prepare(spec, key, out, base_for(key.variant)) for key in keys) if job is not None]
     write_runs_csv(spec, out, only)
