@@ -62,10 +62,10 @@ def write_report(spec: SweepSpec, out_dir: str | Path) -> dict[str, Path]:
     import pandas as pd
 
     out = Path(out_dir)
-    runs = pd.read_csv(out / "runs.csv", keep_default_na=False, na_values=[""], dtype={"cell": str})
+    # grid labels stay text ("3e-05" must not come back as "3e-05" -> 3e-05 -> "3e-05" by luck)
+    runs = pd.read_csv(out / "runs.csv", keep_default_na=False, na_values=[""],
+                       dtype={"cell": str, "error": str, **{axis: str for axis in spec.axes}})
     runs["cell"] = runs["cell"].fillna("")
-    for axis in spec.axes:
-        runs[axis] = runs[axis].astype(str)
     table, chosen = build_summary(spec, runs)
     csv_path = out / "report.csv"
     table.to_csv(csv_path, index=False, float_format="%.10g")
