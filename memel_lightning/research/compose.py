@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import yaml
 
@@ -51,8 +51,36 @@ def is_memel_callback(entry: Any) -> bool:
     return isinstance(entry, dict) and str(entry.get("class_path", "")).endswith(CALLBACK_NAME)
 
 
-def load_base_config(path: str | Path, sweep_path: Optional[str] = None) -> dict:
-    """The YAML mapping in ``path``; a clear error when it is missing or not a mapping."""
+# Top-level keys LightningCLI's ``fit`` itself reads; anything else (``extends``, a ``memel``
+# shortcut) is the project CLI's own syntax and needs that CLI to resolve the file.
+LIGHTNING_KEYS = {"seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler", "ckpt_path", "weights_only"}
+
+
+def needs_resolution(config: Mapping[str, Any]) -> bool:
+    """Whether ``config`` uses syntax only the CLI understands: other files to stack
+    (``extends``), keys outside LightningCLI's, or list appends (``callbacks+``)."""
+    if set(config) - LIGHTNING_KEYS:
+        return True
+
+    def appends(node: Any) -> bool:
+        if isinstance(node, Mapping):
+            return any(str(k).endswith("+") or appends(v) for k, v in node.items())
+        if isinstance(node, list):
+            return any(appends(v) for v in node)
+        return False
+
+    return appends(config)
+
+
+def load_base_config(
+    path: str | Path, sweep_path: Optional[str] = None, resolve: Optional[Callable[[str], dict]] = None
+) -> dict:
+    """The YAML mapping in ``path``; a clear error when it is missing or not a mapping.
+
+    A config in the CLI's own syntax (:func:`needs_resolution`: an overlay that ``extends``
+    other files, ...) is replaced by ``resolve(path)``, the CLI's fully resolved config,
+    so a variant's edits see every callback wherever the overlays put it.
+    """
     path = Path(path)
     if not path.is_file():
         where = f" (named by sweep file {sweep_path})" if sweep_path else ""
@@ -63,6 +91,13 @@ def load_base_config(path: str | Path, sweep_path: Optional[str] = None) -> dict
     config = yaml.safe_load(path.read_text()) or {}
     if not isinstance(config, dict):
         raise SweepConfigError(f"base config {path}: expected a mapping at the top level")
+    if needs_resolution(config):
+        if resolve is None:
+            raise SweepConfigError(f"base config {path} uses the CLI's own syntax ({sorted(set(config) - LIGHTNING_KEYS)}); "
+                                   "it needs the CLI to resolve it")
+        config = resolve(str(path))
+        if not isinstance(config, dict) or "trainer" not in config:
+            raise SweepConfigError(f"base config {path}: the CLI did not resolve it to a config with a trainer")
     return config
 
 

@@ -17,6 +17,8 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -26,6 +28,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
+
+import yaml
 
 from .runs import DONE, FAILED, JOB, summarize_run, write_atomic
 from .spec import SweepConfigError
@@ -74,6 +78,35 @@ def fit_with(fit: FitFn, config_path: str) -> None:
             raise RuntimeError(f"fit --config {config_path} exited with status {exc.code}") from exc
     finally:
         sys.argv = saved
+
+
+def resolved_config(config_path: str, fit: Optional[FitFn] = None) -> dict:
+    """The config LightningCLI builds from ``config_path`` (``fit --print_config``), as a mapping.
+
+    In this process when ``fit`` is given, else in a child ``python -m memel_lightning.cli``.
+    """
+    args = ["fit", "--config", config_path, "--print_config"]
+    if fit is None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        done = subprocess.run([sys.executable, "-m", "memel_lightning.cli", *args], capture_output=True, text=True,
+                              env=env)
+        if done.returncode != 0:
+            tail = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+            raise SweepConfigError(f"base config {config_path}: the CLI could not resolve it: {tail}")
+        return yaml.safe_load(done.stdout)
+    out = io.StringIO()
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        with contextlib.redirect_stdout(out):
+            fit(args)
+    except SystemExit as exc:  # --print_config exits after printing
+        if exc.code not in (None, 0):
+            raise SweepConfigError(f"base config {config_path}: the CLI could not resolve it (exit {exc.code})") from exc
+    finally:
+        sys.argv = saved
+    return yaml.safe_load(out.getvalue())
 
 
 def execute_run(job: RunJob) -> dict[str, Any]:

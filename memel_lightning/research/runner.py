@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import yaml
 
 from .compose import load_base_config, variant_config
-from .launch import FitFn, RunJob, job_active, make_launcher
+from .launch import FitFn, RunJob, job_active, make_launcher, resolved_config
 from .report import write_report
 from .runs import run_status, write_runs_csv
 from .spec import RunKey, SweepConfigError, SweepSpec
@@ -64,7 +64,7 @@ def run_sweep(
     def base_for(name: str) -> dict:
         p = str(spec.variant(name).config or base_path)
         if p not in bases:
-            bases[p] = load_base_config(p, spec.path)
+            bases[p] = load_base_config(p, spec.path, resolve=lambda path: resolved_config(path, fit))
         return bases[p]
 
     keys = list(spec.runs(only))
