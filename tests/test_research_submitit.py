@@ -40,7 +40,7 @@ BODY = {
 
 @pytest.mark.parametrize("cluster", [
     "debug",  # submitit's in-process executor: the submission and resume logic, fast
-    pytest.param("local", marks=pytest.mark.slow),  # one child process per job (about 3 min on 2 busy cores)
+    pytest.param("local", marks=pytest.mark.slow),  # one child process per job (2.5-4 min on 2 busy cores)
 ])
 def test_submitit_runs_the_grid_and_resumes(tmp_path, capsys, cluster):
     sweep = tmp_path / "s.yaml"
