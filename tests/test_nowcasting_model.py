@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from memel_lightning import MEmeLCallback
+from memel_lightning import MEmeL, MEmeLCallback
 from memel_lightning.data import HKO7DataModule
 from memel_lightning.models import Nowcaster
 from memel_lightning.models.convgru import ConvGRUCell
@@ -76,8 +76,11 @@ def test_training_with_memel_logs_the_six_taps(tmp_path):
         eval_batch_size=8, cache=True, synthetic=dict(days=[1, 1, 1], frames_per_day=20, size=48, seed=0),
     )
     model = Nowcaster(in_frames=3, out_frames=2, lr=1e-3, **SMALL)
-    cb = MEmeLCallback(taps="default", memel=dict(late_start=6, forget_steps=10), log_every_n_steps=1,
-                       hist_every_n_steps=2)
+    # late_start counts training batches with the core's step lifecycle (begin_step/end_step),
+    # calls before it: 2 batches of warm-up either way (6 calls = 2 batches of 3 encoder steps)
+    per_batch_counting = hasattr(MEmeL, "begin_step")
+    cb = MEmeLCallback(taps="default", memel=dict(late_start=2 if per_batch_counting else 6, forget_steps=10),
+                       log_every_n_steps=1, hist_every_n_steps=2)
     trainer = Trainer(
         accelerator="cpu", devices=1, max_steps=4, limit_val_batches=1, log_every_n_steps=1, val_check_interval=4,
         logger=TensorBoardLogger(str(tmp_path), name="tb"), callbacks=[cb], enable_progress_bar=False,
@@ -86,9 +89,10 @@ def test_training_with_memel_logs_the_six_taps(tmp_path):
     trainer.fit(model, datamodule=dm)
     taps = model.memel_taps()
     assert cb.tap_names == taps
-    # one shared MEmeL per cell, stepped once per time step: T_in for encoder, T_out for forecaster cells
+    # one shared MEmeL per cell, called once per time step (T_in for encoder, T_out for forecaster
+    # cells); its step counter counts batches (lifecycle) or calls (before it)
     for name in taps:
-        per_batch = 3 if ".encoder." in name else 2
+        per_batch = 1 if per_batch_counting else (3 if ".encoder." in name else 2)
         assert cb.memel_for(name).step == 4 * per_batch
         assert cb.memel_for(name).neuron_shape is not None and len(cb.memel_for(name).neuron_shape) == 3
     events = read_events(trainer.logger.log_dir)
@@ -97,7 +101,7 @@ def test_training_with_memel_logs_the_six_taps(tmp_path):
         assert {f"memel/{name}/selected_frac", f"memel/{name}/mono_ratio", f"memel/{name}/phi_max"} <= tags
     assert "memel/mono_ratio" in tags and "train_loss" in tags
     assert {"val_loss", "val_bmse", "val_bmae", "val_csi_0p5", "val_csi_30", "val_hss_2"} <= tags
-    # inhibition started after the late start (6 calls = 2 batches for the encoder)
+    # inhibition started after the late start (2 batches)
     last = [e.value for e in events.Scalars("memel/net.encoder.0.cell.candidate/selected_frac")]
     assert last[0] == 0.0 and last[-1] > 0.0
     assert "val_frames" in events.Tags()["images"]
