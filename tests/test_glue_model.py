@@ -15,7 +15,8 @@ from memel_lightning.data import GlueDataModule, GlueSubmissionWriter
 from memel_lightning.data.glue import GLUE_TASKS, glue_task, read_glue_tsv
 from memel_lightning.inhibition import MEmeL
 from memel_lightning.models import GlueClassifier
-from memel_lightning.models.glue import encoder_blocks, glue_metrics, middle_blocks
+from memel_lightning.models.glue import glue_metrics
+from memel_lightning.models.taps import encoder_blocks, middle_blocks
 from tests.glue_fixtures import TINY_BERT, make_tokenizer
 from tests.tb_utils import read_events
 
@@ -47,7 +48,7 @@ def trainer(tmp_path: Path, callbacks: list, **kw) -> pl.Trainer:
 
 # ---------------------------------------------------------------------- taps
 def test_middle_four_blocks_rule() -> None:
-    assert middle_blocks(12) == [4, 5, 6, 7]  # SPEC section 6, BERT-base
+    assert middle_blocks(12) == [4, 5, 6, 7]  # docs/method.md §6, BERT-base
     assert middle_blocks(6) == [1, 2, 3, 4]   # MiniLM-L6
     assert middle_blocks(24) == [10, 11, 12, 13]
     assert middle_blocks(8) == [2, 3, 4, 5]

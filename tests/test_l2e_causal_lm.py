@@ -61,7 +61,8 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
     lm = CausalLM("tiny", warmup_ratio=0.1, min_lr_ratio=0.1)
     total = 100
     f = [lm.lr_factor(s, total) for s in range(total + 1)]
-    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    # linear warm-up from 0 over 10 steps (as GPT-NeoX and transformers), then cosine
+    assert f[0] == 0.0 and f[5] == pytest.approx(0.5) and f[9] == pytest.approx(0.9)
     assert f[10] == pytest.approx(1.0)
     assert f[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert f[100] == pytest.approx(0.1)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from .samplers import EpochSeededSampler
+from .samplers import EpochSeededSampler, ResumableDataLoader
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,23 @@ class GlueFormatError(ValueError):
     """A GLUE TSV file does not have the official layout."""
 
 
+def _read_utf8_lines(path: Path) -> list[str]:
+    """The file's lines without line ends or trailing blank lines (UTF-8, optional BOM); a
+    byte that is not UTF-8 is a :class:`GlueFormatError` naming the file and line."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        lineno = raw.count(b"\n", 0, err.start) + 1
+        raise GlueFormatError(
+            f"{path}, line {lineno}: byte {raw[err.start:err.start + 1]!r} is not UTF-8 (GLUE TSVs are UTF-8 text)"
+        ) from None
+    lines = [line.rstrip("\r") for line in text.split("\n")]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
 @dataclass
 class GlueSplit:
     """One split as plain lists: ``index`` (the file's id column, else the row number),
@@ -130,10 +147,7 @@ def read_glue_tsv(path: Union[str, Path], task: Union[str, GlueTask], labelled: 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"GLUE {spec.name}: no file {path}")
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        lines = [line.rstrip("\r\n") for line in fh]
-    while lines and not lines[-1].strip():
-        lines.pop()
+    lines = _read_utf8_lines(path)
 
     label_map = None if spec.labels is None else {name: i for i, name in enumerate(spec.labels)}
     index: list[int] = []
@@ -160,6 +174,9 @@ def read_glue_tsv(path: Union[str, Path], task: Union[str, GlueTask], labelled: 
         index_idx = next((header.index(c) for c in ("index", "id") if c in header), None)
         layout = f"{width} tab-separated columns as in the header {header}"
 
+    if len(lines) <= first:
+        what = "only a header line" if lines else "nothing"
+        raise GlueFormatError(f"{path}: {what}, no examples; expected {layout} and one example per line")
     for lineno, line in enumerate(lines[first:], start=first + 1):
         row = line.split("\t")
         if len(row) != width:
@@ -279,6 +296,10 @@ class GlueDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.spec = glue_task(task)
+        # Record the canonical name ("RTE", "SST-2" -> "rte", "sst2"): Lightning merges these
+        # hyper-parameters with the model's, which holds the canonical name too.
+        self.hparams.task = self.spec.name
+        self._hparams_initial["task"] = self.spec.name
         if predict_split not in ("test", "dev"):
             raise ValueError(f"predict_split must be 'test' or 'dev', got {predict_split!r}")
         if max_length < 8:
@@ -388,7 +409,7 @@ class GlueDataModule(pl.LightningDataModule):
         return GlueCollator(pad_token_id=0 if pad is None else pad, regression=self.spec.is_regression)
 
     def _loader(self, rows: list[dict[str, Any]], train: bool = False) -> DataLoader:
-        return DataLoader(
+        return (ResumableDataLoader if train else DataLoader)(  # mid-epoch resume is exact
             rows,
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=EpochSeededSampler(rows, seed=self.seed) if train else None,
