@@ -31,14 +31,13 @@ def _run(tmp_path, config):
     )
 
 
-def test_quickstart_config_shows_progress_and_logs_to_tensorboard():
-    import yaml
-
-    cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
-    assert cfg["trainer"]["enable_progress_bar"] is True
-    assert cfg["trainer"]["logger"]["class_path"].endswith("TensorBoardLogger")
-    assert cfg["trainer"]["logger"]["init_args"]["save_dir"] == "runs/quickstart"
-    assert cfg["data"]["init_args"]["image_size"] == 32
+def test_quickstart_config_shows_progress_and_logs_to_tensorboard(tmp_path):
+    cli = main(args=["--config", str(REPO / "configs" / "quickstart.yaml")], run=False)  # an overlay
+    trainer = cli.config["trainer"]
+    assert trainer["enable_progress_bar"] is True
+    assert trainer["logger"]["class_path"].endswith("TensorBoardLogger")
+    assert trainer["logger"]["init_args"]["save_dir"] == "runs/quickstart"
+    assert cli.config["data"]["init_args"]["image_size"] == 32
 
 
 def test_quickstart_few_steps_tags_and_accuracy(tmp_path):

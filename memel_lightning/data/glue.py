@@ -329,8 +329,10 @@ class GlueDataModule(pl.LightningDataModule):
     @property
     def submission_names(self) -> list[str]:
         """GLUE server file name per predict loader (``RTE.tsv``; MNLI ``MNLI-m.tsv``, ``MNLI-mm.tsv``)."""
-        splits = self.spec.test_splits if self.predict_split == "test" else self.spec.val_splits
-        return [s[3] for s in splits]
+        if self.predict_split == "test":
+            return [s[3] for s in self.spec.test_splits]
+        # dev-set predictions never take the name of the server file
+        return [s[3].replace(".tsv", ".dev.tsv") for s in self.spec.val_splits]
 
     # ------------------------------------------------------------------ loading
     def _load(self, stem: str, hf_split: str, labelled: bool) -> GlueSplit:
@@ -341,7 +343,12 @@ class GlueDataModule(pl.LightningDataModule):
                 f"GLUE {self.task}: data_dir {self.data_dir} is not a folder (expected the {self.spec.folder} "
                 "folder of the official GLUE download)"
             )
-        return read_glue_tsv(self.data_dir / f"{stem}.tsv", self.spec, labelled=labelled)
+        path = self.data_dir / f"{stem}.tsv"
+        if not path.is_file() and not labelled and self.predict_split == "test":
+            raise FileNotFoundError(
+                f"GLUE {self.task}: no test file {path}; to predict the dev set instead use --data.predict_split dev"
+            )
+        return read_glue_tsv(path, self.spec, labelled=labelled)
 
     def _bind_model(self) -> None:
         trainer = getattr(self, "trainer", None)
