@@ -353,7 +353,14 @@ class GlueDataModule(pl.LightningDataModule):
     def _bind_model(self) -> None:
         trainer = getattr(self, "trainer", None)
         model = getattr(trainer, "lightning_module", None) if trainer is not None else None
-        if model is not None and hasattr(model, "bind_glue_task"):
+        if model is not None:
+            self.bind(model)
+
+    def bind(self, model: Any) -> None:
+        """Hand this task to ``model`` (a GlueClassifier builds its network for it) and take the
+        model's tokenizer if none was given. ``setup`` does it for the trainer's model; call it
+        yourself when using the two without a trainer (e.g. ``cli.py probe``)."""
+        if hasattr(model, "bind_glue_task"):
             model.bind_glue_task(self.task)
             if self.tokenizer_name is None:
                 self.tokenizer_name = getattr(model, "tokenizer_name", None)

@@ -189,6 +189,11 @@ class GlueClassifier(pl.LightningModule):
         logits = self._net()(input_ids=input_ids, **kwargs).logits
         return logits.squeeze(-1) if self.spec.is_regression else logits
 
+    def probe_forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """The forward of a data-module batch (``cli.py probe``): the batch's ``idx`` and
+        ``labels`` are not inputs of the network."""
+        return self._logits(batch)
+
     def _logits(self, batch: dict[str, Tensor]) -> Tensor:
         return self(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
 
