@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import yaml
+from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
@@ -244,6 +245,22 @@ class MEmeLCLI(LightningCLI):
             parser.add_argument(
                 f"--memel.{name}", type=Optional[hint], default=None, help=f"sets {MEMEL_CALLBACK}'s {name}",
             )
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """Parse, then move ``--memel.*`` into the MEmeLCallback entry *before* ``--print_config``
+        prints, so the printed config is the one that runs (and re-running it changes nothing)."""
+        if isinstance(args, (dict, Namespace)):
+            return super().parse_arguments(parser, args)
+        argv = list(sys.argv[1:] if args is None else args)
+        printing = [a for a in argv if a == "--print_config" or a.startswith("--print_config=")]
+        self.config = parser.parse_args([a for a in argv if a not in printing])
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        apply_memel_options(config)
+        if printing:
+            flags = printing[-1].partition("=")[2]
+            print(self._parser(subcommand).dump(config, skip_none="skip_null" in flags, skip_validation=True))
+            raise SystemExit(0)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
