@@ -444,3 +444,17 @@ def test_failed_fit_leaves_no_empty_version_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"train\.tsv: only a header line, no examples"):
         main(args=["fit", *_tiny_cli_args(tmp_path, "bert_glue_memel.yaml", "rte", "RTE"), "--trainer.max_steps", "1"])
     assert not list((tmp_path / "runs" / "bert_glue_memel").glob("version_*"))
+
+
+def test_loading_a_pretrained_folder_prints_one_plain_line(tmp_path: Path, capfd, caplog) -> None:
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                         vocab_size=50)).save_pretrained(tmp_path / "bert")
+    capfd.readouterr()
+    with caplog.at_level("INFO"):
+        GlueClassifier(task="rte", pretrained=str(tmp_path / "bert"))
+    out = capfd.readouterr()
+    text = out.out + out.err + caplog.text
+    assert "LOAD REPORT" not in text and "\x1b[" not in text and "Loading weights" not in text
+    assert "newly initialised: classifier.bias, classifier.weight" in caplog.text

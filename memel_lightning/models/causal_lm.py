@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .hf_loading import from_pretrained_quietly
 from .optim import adamw, lazy_lambda_lr, warmup_decay, warmup_steps
 from .taps import gpt_neox_mlp_taps
 
@@ -120,8 +121,9 @@ class CausalLM(pl.LightningModule):
 
         overrides = dict(config_overrides or {})
         if os.path.isdir(model):
-            self.model = GPTNeoXForCausalLM.from_pretrained(
-                model, local_files_only=True, attn_implementation=attn_implementation, **overrides
+            self.model = from_pretrained_quietly(
+                GPTNeoXForCausalLM.from_pretrained, model, "CausalLM", local_files_only=True,
+                attn_implementation=attn_implementation, **overrides,
             )
             default_lr = 3e-4
         else:

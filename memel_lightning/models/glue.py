@@ -17,6 +17,7 @@ from torchmetrics.classification import (
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
 from ..data.glue import GlueTask, glue_task
+from .hf_loading import from_pretrained_quietly
 from .optim import adamw, lazy_lambda_lr, warmup_steps
 from .taps import hf_encoder_taps
 
@@ -148,8 +149,9 @@ class GlueClassifier(pl.LightningModule):
             heads["id2label"] = dict(enumerate(spec.labels))
             heads["label2id"] = {name: i for i, name in enumerate(spec.labels)}
         if self.hparams.pretrained is not None:
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                self.hparams.pretrained, ignore_mismatched_sizes=True, **heads
+            self.model = from_pretrained_quietly(
+                AutoModelForSequenceClassification.from_pretrained, self.hparams.pretrained,
+                f"GlueClassifier ({spec.name})", ignore_mismatched_sizes=True, **heads,
             )
         else:
             cfg = dict(self.hparams.config)
