@@ -334,7 +334,7 @@ def parser_message(err: argparse.ArgumentError) -> str:
         >>> err = argparse.ArgumentError(None, 'Parser key "memel.delta":\\n  Errors:\\n'
         ...     "    - Expected a <class 'float'>\\n    - Expected a <class 'NoneType'>\\n  Given value: nan")
         >>> parser_message(err)
-        "memel.delta: expected a float, got 'nan'"
+        "memel.delta: expected float, got 'nan'"
     """
     text = str(err.message if hasattr(err, "message") else err)
     key = re.search(r'Parser key "([^"]+)"', text)
@@ -347,7 +347,7 @@ def parser_message(err: argparse.ArgumentError) -> str:
     rest = text[key.end():].lstrip(":").strip().splitlines()
     reason = useful[0] if useful else (rest[0].strip() if rest else "invalid value")
     reason = re.sub(r"<class '(\w+)'>", r"\1", reason)
-    reason = reason[0].lower() + reason[1:]
+    reason = (reason[0].lower() + reason[1:]).replace("expected a ", "expected ")
     got = f", got {given.group(1).strip()!r}" if given else ""
     return f"{key.group(1)}: {reason}{got}"
 

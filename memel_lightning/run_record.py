@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,7 +33,8 @@ class RunConfigSaver(SaveConfigCallback):
         super().__init__(*args, **kwargs)
         self.config_path: Optional[Path] = None
         self._text: Optional[str] = None
-        self._created: Optional[Path] = None
+        self._log_dir: Optional[Path] = None
+        self._started = time.time()  # the CLI builds this callback before the trainer touches any folder
 
     def text(self) -> str:
         if self._text is None:
@@ -44,9 +46,7 @@ class RunConfigSaver(SaveConfigCallback):
             return
         log_dir = trainer.log_dir
         if log_dir is not None and trainer.is_global_zero and "://" not in str(log_dir):
-            folder = Path(log_dir)
-            if not folder.exists():
-                self._created = folder
+            folder = self._log_dir = Path(log_dir)
             folder.mkdir(parents=True, exist_ok=True)
             self.config_path = free_config_path(folder, self.config_filename, self.text())
             if self.config_path.name != self.config_filename:
@@ -62,10 +62,18 @@ class RunConfigSaver(SaveConfigCallback):
         checkpoint[CHECKPOINT_KEY] = self.text()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        folder = self._created
-        if folder is None or trainer.global_step > 0 or not trainer.is_global_zero:
+        if trainer.global_step > 0 or not trainer.is_global_zero or trainer.state.fn != "fit":
             return
-        if re.fullmatch(r"version_\d+", folder.name) and folder.is_dir() and not any(folder.rglob("*.ckpt")):
+        # the setup hook may not have run (a data module that fails in setup): ask the trainer
+        log_dir = self._log_dir or (trainer.log_dir if trainer.loggers else None)
+        if log_dir is None or "://" in str(log_dir):
+            return
+        folder = Path(log_dir)
+        if not (re.fullmatch(r"version_\d+", folder.name) and folder.is_dir()):
+            return
+        entries = [folder, *folder.rglob("*")]
+        # only a folder this run made and filled: no checkpoint, nothing older than the run
+        if not any(p.suffix == ".ckpt" for p in entries) and all(p.stat().st_mtime >= self._started - 1 for p in entries):
             shutil.rmtree(folder, ignore_errors=True)
 
 

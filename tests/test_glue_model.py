@@ -20,6 +20,7 @@ from memel_lightning.models.taps import encoder_blocks, middle_blocks
 from tests.glue_fixtures import TINY_BERT, make_tokenizer
 from tests.test_configs import memel_settings_of
 from tests.tb_utils import read_events
+from tests.test_l2e_causal_lm import CONCENTRATION
 
 REPO = Path(__file__).resolve().parents[1]
 MEMEL = {"k": 1, "late_start": 2, "forget_steps": 10, "variable_shape": True}
@@ -211,9 +212,9 @@ def test_fit_rte_logs_memel_tags_metric_and_writes_submission(
     assert model.hparams.task == "rte" and model.spec.num_labels == 2
     tags = set(read_events(logger.log_dir).Tags()["scalars"])
     for tap in model.memel_taps():
-        for metric in ("selected_frac", "mono_ratio", "phi_mean", "phi_max", "fkr"):
+        for metric in ("selected_frac", "mono_ratio", "phi_mean", "phi_max", CONCENTRATION):
             assert f"memel/{tap}/{metric}" in tags
-    assert {"memel/mono_ratio", "memel/fkr", "train_loss", "val_loss", "val_acc", "val_score"} <= tags
+    assert {"memel/mono_ratio", f"memel/{CONCENTRATION}", "train_loss", "val_loss", "val_acc", "val_score"} <= tags
     selected = read_events(logger.log_dir).Scalars(f"memel/{model.memel_taps()[0]}/selected_frac")
     assert any(e.value > 0 for e in selected)
 
