@@ -107,12 +107,19 @@ RULES = [
 ]
 
 
+# Shell variables of documented loops (``for cfg in baseline memel; do ...``): one value each.
+SHELL_VARS = {'"$@"': "", "$cfg": "memel", "$seed": "0", "$name": "demo"}
+
+
 def plan(command: str) -> Check:
-    cmd = shlex.split(command)
+    text = re.sub(r"<([^>]+)>", lambda m: "<" + m.group(1).replace(" ", "_") + ">", command)  # <mnli checkpoint>
+    for var, value in SHELL_VARS.items():
+        text = text.replace(var, value)
+    cmd = shlex.split(text)
     if cmd[1:3] == ["-m", "memel_lightning.cli"]:  # the same entry point
         cmd = ["python", "cli.py", *cmd[3:]]
     for predicate, mode, why in RULES:
-        if predicate(cmd, command):
+        if predicate(cmd, text):
             return Check(command, mode, cmd, why)
     raise AssertionError("unreachable")
 
