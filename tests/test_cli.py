@@ -1,5 +1,7 @@
 """The LightningCLI entry point."""
 import subprocess
+
+import pytest
 import sys
 
 from memel_lightning.checkpoint_io import AtomicCheckpointIO
@@ -35,6 +37,7 @@ def test_a_bad_memel_setting_ends_in_one_line_printed_last():
         assert "usage:" not in out.stderr and "Traceback" not in out.stderr and len(out.stderr.splitlines()) <= 3
 
 
+@pytest.mark.slow  # a whole fit in a subprocess (~40 s on a loaded 2-core machine)
 def test_a_run_prints_no_third_party_noise(tmp_path):
     out = _cli("fit", "--config", str(REPO / "configs/quickstart.yaml"), "--trainer.max_steps", "1",
                "--trainer.limit_val_batches", "1", f"--trainer.logger.init_args.save_dir={tmp_path}",
