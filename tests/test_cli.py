@@ -1,8 +1,8 @@
 """The LightningCLI entry point."""
 import subprocess
+import sys
 
 import pytest
-import sys
 
 from memel_lightning.checkpoint_io import AtomicCheckpointIO
 from memel_lightning.cli import main
