@@ -291,15 +291,15 @@ class MEmeLCLI(LightningCLI):
 
 
 def _sweep(argv: Sequence[str]) -> Any:
-    from .sweep import sweep_main
+    from .research.cli import sweep_main
 
-    return sweep_main(argv)
+    return sweep_main(argv, fit=main)
 
 
 def _probe(argv: Sequence[str]) -> Any:
     from .analysis.cli import probe_main
 
-    return probe_main(argv)
+    return probe_main(argv, cli_main=main)
 
 
 RESEARCH_COMMANDS: dict[str, Callable[[Sequence[str]], Any]] = {"sweep": _sweep, "probe": _probe}

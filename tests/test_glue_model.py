@@ -402,8 +402,10 @@ def test_task_names_as_glue_writes_them(task: str, tmp_path: Path) -> None:
 
 
 def test_probe_predict_and_run_record_on_a_glue_checkpoint(tmp_path: Path, monkeypatch, capsys) -> None:
-    from memel_lightning.analysis.cli import probe_main
     from memel_lightning.cli import main
+
+    def probe_main(argv):  # the command line's own dispatch: ``cli.py probe ...``
+        return main(["probe", *argv])
     from tests.glue_fixtures import write_task
 
     monkeypatch.chdir(tmp_path)

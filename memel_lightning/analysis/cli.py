@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import yaml
@@ -57,12 +57,14 @@ def _recipe(config: Any) -> dict[str, Any]:
     return flat
 
 
-def build_from_config(config: str | Path, extra: Sequence[str] = ()) -> tuple[Any, Any, Any]:
+def build_from_config(
+    config: str | Path, extra: Sequence[str] = (), *, cli_main: Callable[..., Any]
+) -> tuple[Any, Any, Any]:
     """Instantiate a run's config as ``cli.py fit`` would (overlays, ``--memel.*`` and all)
     on one CPU, without training: returns ``(model, data, cli)``. ``config`` is a file or
-    YAML text (the config a checkpoint carries)."""
-    from ..cli import main
-
+    YAML text (the config a checkpoint carries); ``cli_main`` is the command line's entry point
+    (``memel_lightning.cli.main``), handed in so that the analysis layer never imports the CLI."""
+    main = cli_main
     text = str(config)
     if "\n" not in text:
         if not Path(text).is_file():
@@ -100,7 +102,8 @@ def check_pairing(cli: Any, checkpoint: dict, config: str, ckpt_path: str) -> No
         )
 
 
-def probe_main(argv: Optional[Sequence[str]] = None) -> dict:
+def probe_main(argv: Optional[Sequence[str]] = None, *, cli_main: Callable[..., Any]) -> dict:
+    """``cli.py probe``: ``cli_main`` is ``memel_lightning.cli.main`` (see :func:`build_from_config`)."""
     from .ablation import ablation_probe, format_ablation
     from .probes import load_tap_statistics, probe_neurons, write_probe_report
 
@@ -133,7 +136,7 @@ def probe_main(argv: Optional[Sequence[str]] = None) -> dict:
     if config is None:
         raise SystemExit(f"error: {args.ckpt_path} carries no config (saved by an older version): pass --config "
                          "RUN/config.yaml of the run that wrote it")
-    model, data, cli = build_from_config(config)
+    model, data, cli = build_from_config(config, cli_main=cli_main)
     if args.config is not None:
         check_pairing(cli, checkpoint, args.config, args.ckpt_path)
     settings = _memel_settings(cli)
