@@ -1,23 +1,36 @@
-"""Cost of MEmeL's forward+backward on one tap, against two baselines.
+"""Cost of MEmeL's forward+backward on one tap: the fast path, the reference path,
+the authors'-style straightforward implementation, and the memory-bound floor.
 
-For activations shaped like a Swin stage-3 block output (256, 196, 384) and a BERT block
-output (32, 128, 768), time forward+backward (training mode, past the late start, so
-every step merges the statistics, scores, selects and inhibits) of
+For activations shaped like a Swin stage-3 block output (256, 196, 384), a BERT block
+output (32, 128, 768) and a tiny one (8, 4, 16: the fixed per-call cost), time
+forward+backward in training mode past the late start (every step merges the
+statistics, scores, selects and inhibits) of
 
-- ``memel``: :class:`memel_lightning.inhibition.MEmeL` (topk k=1, topk k=100,
-  moving_threshold; strategy ``reverse``);
-- ``naive``: a straightforward unfused implementation of the same formulas written
-  here (separate mean/var/phi tensors, ``torch.topk`` + ``scatter`` for the selection,
-  ``-delta*z + (mu + delta*z).detach()`` for Reverse Deactivation);
-- ``floor``: one plain elementwise op (``z * 2``) forward+backward on the same tensor:
-  the memory-bound floor (read z, write y; read grad, write grad_z).
+- ``fused``: :class:`~memel_lightning.inhibition.MEmeL` with ``impl="fused"`` (the
+  default; ``inhibition/fused.py``: compiled kernels for large tensors);
+- ``reference``: the same module with ``impl="reference"`` (op by op, docs/method.md);
+- ``naive``: the straightforward unfused implementation of the formulas, as the
+  authors' ``EmeL.py`` computes them (separate mean/var/phi tensors, ``torch.topk`` +
+  ``scatter``, ``-delta*z + (mu + delta*z).detach()``), written here;
+- ``floor``: ``z * 2`` forward+backward on the same tensor (read z, write y; read the
+  gradient, write it): 16 bytes per value, 2 kernels.
 
-Variants are interleaved within each repeat (so that machine load affects all alike)
-and the median of the repeats is reported; every ratio comes from this one run.
+Variants are interleaved within each repeat (machine load hits all alike). On CPU the
+time of a step is the CPU time of the (single) thread (``time.thread_time``: robust to
+other processes on a shared machine) and the wall time is printed next to it; the
+median and the spread (min-max) of the repeats are reported. ``bytes`` and
+``kernels`` per step are counted once per variant with
+``benchmarks/dispatch_counter.py`` (every op that launches a kernel, the bytes it reads
+and writes); a fused kernel counts as one kernel reading its inputs and writing its
+outputs once (what its compiled version does; the eager fallback moves more).
 
-    python benchmarks/core_overhead.py                # CPU
-    python benchmarks/core_overhead.py --quick        # fewer repeats
-    python benchmarks/core_overhead.py --device cuda  # GPU (CUDA events, synchronised)
+Targets (issue 12): ``fused`` topk k=1 and moving threshold with ``reverse`` within
+1.75x of the floor at the two large shapes, ``regularize`` within 2x, and never slower
+than ``naive`` at any shape.
+
+    OMP_NUM_THREADS=1 python benchmarks/core_overhead.py            # CPU, 1 thread
+    python benchmarks/core_overhead.py --quick                      # fewer repeats
+    python benchmarks/core_overhead.py --device cuda                # GPU (synchronised)
 """
 from __future__ import annotations
 
@@ -27,13 +40,18 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _disable_current_modes
+from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from memel_lightning.inhibition import MEmeL  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dispatch_counter import DispatchCounter, OpRecord, footprint  # noqa: E402
+from memel_lightning.inhibition import MEmeL, fused  # noqa: E402
 
 SHAPES = {
     "swin_s3": (256, 196, 384),
@@ -43,6 +61,7 @@ SHAPES = {
     "tiny": (8, 4, 16),
 }
 DEFAULT_SHAPES = ["swin_s3", "bert", "tiny"]
+TARGETS = {"topk k=1 reverse": 1.75, "moving_threshold reverse": 1.75, "moving_threshold regularize": 2.0}
 
 
 class NaiveMEmeL:
@@ -95,6 +114,50 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+
+
+# ---------------------------------------------------------------------------- counting
+@contextmanager
+def fused_kernels_as_one(counter: DispatchCounter) -> Iterator[None]:
+    """While active, every call of a fused kernel (``inhibition/fused.py``) is recorded in
+    ``counter`` as ONE kernel reading its tensor inputs and writing its outputs once (what
+    the compiled kernel does); the eager ops that compute it are not recorded."""
+    original = fused.Kernel.__call__
+
+    def counted(kernel, *args, numel: int = 0, **kwargs):
+        with _disable_current_modes():
+            out = kernel.fn(*args, **kwargs)
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)]
+        outputs = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
+        read = sum(footprint(t) for t in {id(t): t for t in inputs}.values())
+        written = sum(t.numel() * t.element_size() for t in outputs)
+        phase = "backward" if torch._C._current_graph_task_id() != -1 else "forward"
+        counter.records.append(OpRecord(counter.region_name, phase, f"fused::{kernel.fn.__name__}", 1, read,
+                                        written, 0, inputs[0].dtype if inputs else None))
+        return out
+
+    fused.Kernel.__call__ = counted
+    try:
+        yield
+    finally:
+        fused.Kernel.__call__ = original
+
+
+def count_step(step: Callable[[], None]) -> tuple[int, int]:
+    """``(kernels, bytes)`` of one step (benchmarks/dispatch_counter.py's rules)."""
+    counter = DispatchCounter()
+    with fused_kernels_as_one(counter), counter:
+        step()
+    total = counter.total()
+    return total.kernels, total.bytes
+
+
+# ---------------------------------------------------------------------------- timing
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def step_fn(fn: Callable[[Tensor], Tensor], z: Tensor, grad: Tensor) -> Callable[[], None]:
     def step() -> None:
         zz = z.detach().requires_grad_()
@@ -103,47 +166,65 @@ def step_fn(fn: Callable[[Tensor], Tensor], z: Tensor, grad: Tensor) -> Callable
     return step
 
 
-def time_once(step: Callable[[], None], device: torch.device) -> float:
+def time_once(step: Callable[[], None], device: torch.device) -> tuple[float, float]:
+    """``(cpu seconds of this thread, wall seconds)``; on CUDA both are wall time."""
     sync(device)
-    t0 = time.perf_counter()
+    c0, t0 = time.thread_time(), time.perf_counter()
     step()
     sync(device)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    return (wall if device.type == "cuda" else time.thread_time() - c0), wall
 
 
-def bench_shape(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, repeats: int, warmup: int) -> list[tuple]:
+def variants(shape: tuple[int, ...], device: torch.device) -> dict[str, Callable[[Tensor], Tensor]]:
+    neurons = math.prod(shape[1:])
+    configs = {
+        "topk k=1 reverse": dict(selector="topk", k=1, strategy="reverse"),
+        "topk k=100 reverse": dict(selector="topk", k=100, strategy="reverse"),
+        "moving_threshold reverse": dict(selector="moving_threshold", target_ratio=0.02, strategy="reverse"),
+        "moving_threshold regularize": dict(selector="moving_threshold", target_ratio=0.02, strategy="regularize"),
+    }
+    out: dict[str, Callable[[Tensor], Tensor]] = {"floor (z*2)": lambda t: t * 2.0}
+    for name, cfg in configs.items():
+        if cfg.get("k", 1) > neurons:
+            continue  # MEmeL refuses k above the tap's neurons
+        for impl in ("fused", "reference"):
+            out[f"{impl} {name}"] = MEmeL(late_start=0, impl=impl, **cfg).to(device).train()
+        if cfg["strategy"] == "reverse":
+            out[f"naive {name}"] = NaiveMEmeL(cfg["selector"], k=cfg.get("k", 1), target_ratio=0.02)
+    return out
+
+
+def bench_shape(shape, device, dtype, repeats, warmup) -> list[dict]:
     g = torch.Generator(device="cpu").manual_seed(0)
     z = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
     grad = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
-    configs = {
-        "topk k=1": dict(selector="topk", k=1),
-        "topk k=100": dict(selector="topk", k=100),
-        "moving_threshold": dict(selector="moving_threshold", target_ratio=0.02),
-    }
-    steps: dict[str, Callable[[], None]] = {"floor (z*2)": step_fn(lambda t: t * 2.0, z, grad)}
-    neurons = math.prod(shape[1:])
-    configs = {name: cfg for name, cfg in configs.items() if cfg.get("k", 1) <= neurons}  # MEmeL refuses k > neurons
-    for name, cfg in configs.items():
-        memel = MEmeL(strategy="reverse", delta=1.0, late_start=0, **cfg).to(device).train()
-        # each call outside begin_step/end_step is a step without metrics, as the
-        # callback's non-logging steps
-        naive = NaiveMEmeL(cfg["selector"], k=cfg.get("k", 1), target_ratio=cfg.get("target_ratio", 0.02))
-        steps[f"memel {name}"] = step_fn(memel, z, grad)
-        steps[f"naive {name}"] = step_fn(naive, z, grad)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(warmup):
+    fns = variants(shape, device)
+    steps = {name: step_fn(fn, z, grad) for name, fn in fns.items()}
+    for _ in range(warmup):  # also the moving threshold's start and the kernels' compilation
         for step in steps.values():
             step()
+    counts = {name: count_step(step) for name, step in steps.items()}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
+    wall: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            times[name].append(time_once(step, device))
-    med = {name: statistics.median(ts) for name, ts in times.items()}
-    floor = med["floor (z*2)"]
-    rows = [("floor (z*2)", floor, 1.0, "")]
-    for name in configs:
-        ours, naive = med[f"memel {name}"], med[f"naive {name}"]
-        rows.append((f"naive {name}", naive, naive / floor, ""))
-        rows.append((f"memel {name}", ours, ours / floor, f"{ours / naive:.2f}"))
+            c, w = time_once(step, device)
+            cpu[name].append(c)
+            wall[name].append(w)
+    floor = statistics.median(cpu["floor (z*2)"])
+    floor_wall = statistics.median(wall["floor (z*2)"])
+    rows = []
+    for name in steps:
+        med = statistics.median(cpu[name])
+        base = name.split(" ", 1)[1] if " " in name and not name.startswith("floor") else None
+        naive = statistics.median(cpu[f"naive {base}"]) if base and f"naive {base}" in cpu else None
+        rows.append(dict(
+            name=name, ms=med * 1e3, lo=min(cpu[name]) * 1e3, hi=max(cpu[name]) * 1e3, ratio=med / floor,
+            wall_ratio=statistics.median(wall[name]) / floor_wall, vs_naive=None if naive is None else med / naive,
+            kernels=counts[name][0], bytes_per_value=counts[name][1] / z.numel(), target=TARGETS.get(base)
+            if name.startswith("fused") else None,
+        ))
     return rows
 
 
@@ -151,9 +232,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5, 2 with --quick)")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="2 repeats: a few minutes on a 2-core CPU")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 9, 3 with --quick)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="3 repeats")
     parser.add_argument("--shapes", nargs="*", default=DEFAULT_SHAPES, choices=list(SHAPES))
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     args = parser.parse_args(argv)
@@ -162,18 +243,33 @@ def main(argv: Optional[list[str]] = None) -> None:
         parser.error("--device cuda but CUDA is not available")
     if args.threads:
         torch.set_num_threads(args.threads)
-    repeats = args.repeats or (2 if args.quick else 5)
+    repeats = args.repeats or (3 if args.quick else 9)
     dtype = getattr(torch, args.dtype)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"MEmeL core overhead: forward+backward, median of {repeats} (warm-up {args.warmup}), {args.dtype}, {where}, "
-          f"torch {torch.__version__}")
+    clock = "wall time" if device.type == "cuda" else "thread CPU time"
+    print(f"MEmeL core overhead: forward+backward, {clock}, median [min-max] of {repeats} interleaved repeats "
+          f"(warm-up {args.warmup}), {args.dtype}, {where}, torch {torch.__version__}, "
+          f"{fused.COMPILE_ENV}={fused.compile_mode()}")
+    failures = []
     for key in args.shapes:
         shape = SHAPES[key]
-        print(f"\n{key} {shape} ({math.prod(shape) / 1e6:.1f}M values)")
-        print(f"  {'variant':<26}{'ms':>10}{'x floor':>10}{'memel/naive':>13}")
+        print(f"\n{key} {shape} ({math.prod(shape) / 1e6:.2f}M values)")
+        print(f"  {'variant':<36}{'ms':>9}{'[min-max]':>17}{'x floor':>9}{'(wall)':>8}{'/naive':>8}"
+              f"{'kernels':>9}{'B/value':>9}  target")
         reps = repeats * 20 if math.prod(shape) < 1e5 else repeats  # tiny: cheap, noisy
-        for name, seconds, ratio, vs in bench_shape(shape, device, dtype, reps, args.warmup):
-            print(f"  {name:<26}{seconds * 1e3:>10.2f}{ratio:>10.2f}{vs:>13}")
+        for r in bench_shape(shape, device, dtype, reps, args.warmup):
+            vs = "" if r["vs_naive"] is None else f"{r['vs_naive']:.2f}"
+            verdict = ""
+            if r["target"] is not None and key != "tiny":
+                ok = r["ratio"] <= r["target"]
+                verdict = f"<= {r['target']}x {'met' if ok else 'MISSED'}"
+                failures += [] if ok else [f"{key} {r['name']}"]
+            if r["vs_naive"] is not None and r["name"].startswith("fused") and r["vs_naive"] > 1.0:
+                verdict += " SLOWER THAN NAIVE"
+                failures.append(f"{key} {r['name']} vs naive")
+            print(f"  {r['name']:<36}{r['ms']:>9.3f}{'[' + format(r['lo'], '.3f') + '-' + format(r['hi'], '.3f') + ']':>17}"
+                  f"{r['ratio']:>9.2f}{r['wall_ratio']:>8.2f}{vs:>8}{r['kernels']:>9}{r['bytes_per_value']:>9.1f}  {verdict}")
+    print("\ntargets: " + ("all met" if not failures else "missed: " + ", ".join(failures)))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from memel_lightning.inhibition.strategies import (
     MeanNoGrad,
     MeanPassthrough,
     NoInhibition,
+    Regularize,
     ReverseDeactivation,
     TapStatistics,
 )
@@ -182,20 +183,18 @@ def test_regulariser_gradient_is_autograd_of_the_explicit_loss(form, masked):
     """Eq. 5 (log) and the quadratic form: the added gradient equals autograd of
     R = lambda / N * sum_selected r(z), r = (z - sg mu)^2 / denom or log((z - sg mu)^2 + eps * denom)."""
 
-    class Reg:  # the attributes fused.apply reads from a Regularize strategy
-        reg_lambda, reg_form, reg_eps = 0.3, form, 0.5
-
-    from memel_lightning.inhibition.strategies import Regularize
-
+    lam, eps = 0.3, 0.5
     z, mu, denom, mask = data(seed=7)
     mask = mask if masked else None
-    strategy = Regularize(reg_lambda=Reg.reg_lambda)
-    strategy.reg_form, strategy.reg_eps = form, Reg.reg_eps
     grad = torch.randn(z.shape, generator=torch.Generator().manual_seed(3), dtype=z.dtype)
     zf = z.clone().requires_grad_()
+    strategy = Regularize(reg_lambda=lam, reg_form=form, reg_eps=eps)
     out = fused.apply(zf, mu, denom, TopK(2), strategy, mask, update=True, inhibit=True, loss_scale=0.5)
     assert torch.equal(out.detach(), z)
     out.backward(grad)
+    # the reference path: the same strategy on the reference selection
+    zr = z.clone().requires_grad_()
+    strategy(zr, TopK(2)(phi_from(z, mu, denom), mask), TapStatistics(mu, denom, loss_scale=0.5)).backward(grad)
 
     # explicit loss in float64, selection from the float64 phi
     zz = z.clone().requires_grad_()
@@ -207,18 +206,21 @@ def test_regulariser_gradient_is_autograd_of_the_explicit_loss(form, masked):
     if mask is not None:
         selected &= mask
     d = zz - mu64
-    r = d ** 2 / den64 if form == "quadratic" else torch.log(d ** 2 + Reg.reg_eps * den64)
-    loss = Reg.reg_lambda / z.shape[0] * r[selected].sum()
+    r = d ** 2 / den64 if form == "quadratic" else torch.log(d ** 2 + eps * den64)
+    loss = lam / z.shape[0] * r[selected].sum()
     ((zz * grad).sum() + 0.5 * loss).backward()  # loss_scale 0.5 scales the added term
     torch.testing.assert_close(zf.grad, zz.grad, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(zr.grad, zz.grad, rtol=1e-6, atol=1e-9)
+    # the logged penalty is N * R (log form: without the constant sum log S^2)
+    per_value = d.detach() ** 2 / den64
+    want = lam * (torch.log(per_value + eps) if form == "log" else per_value)[selected].sum()
+    got = strategy.penalty(z, selected, TapStatistics(mu, denom))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_log_regulariser_pulls_toward_the_mean_with_size_two_over_distance():
     """d/dz lambda/N * log((z-mu)^2 + eps) = lambda/N * 2 (z-mu) / ((z-mu)^2 + eps): toward mu."""
-    from memel_lightning.inhibition.strategies import Regularize
-
-    strategy = Regularize(reg_lambda=1.0)
-    strategy.reg_form, strategy.reg_eps = "log", 1e-6
+    strategy = Regularize(reg_lambda=1.0, reg_form="log", reg_eps=1e-6)
     z = torch.tensor([[4.0, 0.0], [0.0, -2.0]], dtype=torch.float64, requires_grad=True)
     out = fused.apply(z, torch.zeros(2), torch.ones(2), TopK(1), strategy, update=True, inhibit=True)
     out.sum().backward()

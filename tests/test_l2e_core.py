@@ -88,7 +88,7 @@ def test_regulariser_gradient_equals_explicit_loss_float64():
     denom = torch.rand(f, generator=g) + 0.1
     selected = torch.rand(n, f, generator=g) < 0.3
 
-    reg = Regularize(reg_lambda=lam)
+    reg = Regularize(reg_lambda=lam, reg_form="quadratic")
     z = x @ w
     out = reg(z, selected, TapStatistics(mean, denom))
     task = ((out.tanh() - target) ** 2).sum()
@@ -111,7 +111,7 @@ def test_regulariser_gradient_equals_explicit_loss_float64():
 def test_regularize_through_memel_matches_explicit_loss():
     """End to end through MEmeL: the tap's gradient is d(task + R)/dz with R from its statistics."""
     torch.manual_seed(4)
-    memel = MEmeL(selector="moving_threshold", target_ratio=0.1, strategy="regularize", reg_lambda=0.5,
+    memel = MEmeL(selector="moving_threshold", target_ratio=0.1, strategy="regularize", reg_form="quadratic", reg_lambda=0.5,
                   late_start=0, reduce_dims=(0,))
     for _ in range(3):
         memel(torch.randn(4, 6, 8))
@@ -150,7 +150,7 @@ def test_regularize_records_loss_only_when_asked():
 
 def test_reg_loss_of_a_tap_called_twice_is_the_sum_of_both_regularisers():
     torch.manual_seed(5)
-    memel = MEmeL(selector="moving_threshold", target_ratio=0.2, strategy="regularize", reg_lambda=0.5, late_start=0)
+    memel = MEmeL(selector="moving_threshold", target_ratio=0.2, strategy="regularize", reg_form="quadratic", reg_lambda=0.5, late_start=0)
     memel(torch.randn(10, 6))
     memel.begin_step(record=True)
     expected = 0.0
@@ -238,7 +238,7 @@ def test_regulariser_gradient_is_scaled_like_the_task_loss():
     mu, denom = torch.randn(5, generator=g, dtype=torch.float64), torch.rand(5, generator=g, dtype=torch.float64) + 0.5
     selected = torch.rand(6, 5, generator=g) > 0.5
     lam, c = 0.3, 1.0 / 8 * 1024.0
-    reg = Regularize(lam)
+    reg = Regularize(lam, reg_form="quadratic")
     ours = z.clone().requires_grad_()
     (reg(ours, selected, TapStatistics(mu, denom, loss_scale=c)).pow(2).sum() * c).backward()
     ref = z.clone().requires_grad_()

@@ -11,6 +11,7 @@ class MEmeLConfigError(ValueError):
 
 
 SELECTOR_NAMES = ("topk", "threshold", "moving_threshold")
+REG_LAMBDA_DEFAULT = 1e-3  # log form; chosen by the sweep in docs/method.md §5.2
 STRATEGY_NAMES = ("reverse", "mean_nograd", "mean_passthrough", "regularize", "none")
 
 
@@ -30,6 +31,10 @@ class MEmeLConfig:
             ``mean_passthrough``, ``regularize`` or ``none``.
         delta: reverse: gradient -delta on selected values (finite).
         reg_lambda: regularize: weight of the penalty (§5.2), >= 0.
+        reg_form: regularize: the penalty per selected value (§5.2): ``log`` (L2E's Eq. 5,
+            ``log((z - mu)^2 + reg_eps * S^2)``) or ``quadratic`` (``(z - mu)^2 / S^2``).
+        reg_eps: regularize, log form: ``eps`` of ``log(... + reg_eps * S^2)``, relative to the
+            neuron's phi denominator ``S^2`` (scale-free), > 0.
         forget_steps: forgetting horizon n_f in statistics updates, i.e. calls of the tap (§2.4), >= 1.
         late_start: training batches that only feed the statistics; batch late_start + 1 is
             the first inhibited (§4.0), >= 0.
@@ -43,6 +48,8 @@ class MEmeLConfig:
         max_share: kill_concentration: share of a neuron's samples above which its kills
             count as concentrated (§6.3), in [0, 1].
         nonfinite: a batch with NaN/inf activations: ``skip`` its statistics update or ``raise`` (§2.5).
+        impl: ``fused`` (the fast path, ``inhibition/fused.py``; default) or ``reference``
+            (op by op, the path the fast one is tested against; docs/performance.md).
 
     Example:
         >>> MEmeLConfig(k=2, delta=0.5).k
@@ -60,7 +67,9 @@ class MEmeLConfig:
     threshold_lr: float = 0.1
     strategy: str = "reverse"
     delta: float = 1.0
-    reg_lambda: float = 1e-3
+    reg_lambda: float = REG_LAMBDA_DEFAULT
+    reg_form: str = "log"
+    reg_eps: float = 1.0
     forget_steps: int = 10
     late_start: int = 10
     eps: float = 0.01
@@ -71,12 +80,15 @@ class MEmeLConfig:
     tau_report: float = 9.0
     max_share: float = 0.1
     nonfinite: str = "skip"
+    impl: str = "fused"
 
     def __post_init__(self) -> None:
         _choice("selector", self.selector, SELECTOR_NAMES)
         _choice("strategy", self.strategy, STRATEGY_NAMES)
         _choice("score_with", self.score_with, ("updated", "previous"))
         _choice("nonfinite", self.nonfinite, ("skip", "raise"))
+        _choice("reg_form", self.reg_form, ("log", "quadratic"))
+        _choice("impl", self.impl, ("fused", "reference"))
         self.k = _integer("k", self.k, minimum=1)
         self.forget_steps = _integer("forget_steps", self.forget_steps, minimum=1)
         self.late_start = _integer("late_start", self.late_start, minimum=0)
@@ -88,6 +100,7 @@ class MEmeLConfig:
         self.threshold_lr = _number("threshold_lr", self.threshold_lr, low=0.0, open_low=True)
         self.delta = _number("delta", self.delta)
         self.reg_lambda = _number("reg_lambda", self.reg_lambda, low=0.0)
+        self.reg_eps = _number("reg_eps", self.reg_eps, low=0.0, open_low=True)
         self.eps = _number("eps", self.eps, low=0.0, open_low=True)
         self.tau_report = _number("tau_report", self.tau_report, low=0.0)
         self.max_share = _number("max_share", self.max_share, low=0.0, high=1.0)

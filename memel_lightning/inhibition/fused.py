@@ -447,36 +447,6 @@ def replace_grad_scale(strategy) -> float:
     return -float(strategy.delta)
 
 
-@torch.no_grad()
-def moving_threshold_update(selector, hits: Tensor, valid: Tensor) -> None:
-    """The moving threshold's step (docs/method.md §4.3) from the count of selected values
-    ``hits`` out of ``valid`` (both float32 scalars on the device): the same update as
-    ``MovingThreshold._update`` without another pass over the selection."""
-    import torch.distributed as dist
-
-    if selector.sync_dist and dist.is_available() and dist.is_initialized():
-        counts = torch.stack([hits, valid])
-        dist.all_reduce(counts)
-        hits, valid = counts[0], counts[1]
-    fraction = hits / valid.clamp(min=1.0)
-    rho = selector.target_ratio
-    step = ((fraction - rho) / rho).clamp_(-1.0, 1.0)
-    selector.tau.mul_(torch.exp(step.mul_(selector.lr)))
-    selector.last_fraction.copy_(fraction)
-
-
-def regulariser_coefficients(strategy, n_rows: int, denom: Tensor, loss_scale) -> tuple[Tensor, Optional[Tensor]]:
-    """``(coef, log_eps)`` of :func:`k_grad_reg` for a ``Regularize`` strategy
-    (docs/method.md §5.4): quadratic ``coef = 2 lambda / (N denom)``; log form
-    ``coef = 2 lambda / N`` and ``log_eps = reg_eps * denom``; both times ``loss_scale``."""
-    scale = strategy.reg_lambda / max(n_rows, 1)
-    if getattr(strategy, "reg_form", "quadratic") == "log":
-        coef = torch.full_like(denom, 2.0 * scale) * loss_scale
-        return coef, denom * float(strategy.reg_eps)
-    coef = (2.0 * scale) / denom.clamp(min=TINY) * loss_scale
-    return coef, None
-
-
 _TAU_CACHE: dict[tuple[float, torch.device], Tensor] = {}
 
 
@@ -526,13 +496,15 @@ def apply(
     if inhibit and kind == "replace":
         out, _sel, hits = _inhibit_op(z2, mu, denom, spec, mask, thresh, grad_scale=replace_grad_scale(strategy))
     elif inhibit and kind == "regularize":
-        coef, log_eps = regulariser_coefficients(strategy, z2.shape[0], denom, loss_scale)
+        from .strategies import TapStatistics
+
+        coef, log_eps = strategy.coefficients(z2.shape[0], TapStatistics(mu, denom, loss_scale=loss_scale))
         out, _sel, hits = _inhibit_op(z2, mu, denom, spec, mask, thresh, reg_coef=coef, reg_log_eps=log_eps)
     else:
         _out, _sel, hits = _inhibit_op(x, mu, denom, spec, mask, thresh)
     if moving and update:
         valid = hits.new_full((), float(x.numel())) if mask is None else mask.sum(dtype=torch.float32)
-        moving_threshold_update(selector, hits, valid)
+        selector.update_from_counts(hits, valid)
     return out
 
 

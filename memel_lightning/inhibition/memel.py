@@ -6,6 +6,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from . import fused
 from .config import MEmeLConfig, MEmeLConfigError
 from .layout import TapLayout
 from .metrics import INHIBITION, MetricGroup, StepAccumulator, TapCall, reduce_across_ranks
@@ -94,7 +95,7 @@ class MEmeL(nn.Module):
             cfg.selector, k=cfg.k, tau=cfg.tau, target_ratio=cfg.target_ratio, lr=cfg.threshold_lr
         )
         self.strategy = strategy_module if strategy_module is not None else build_strategy(
-            cfg.strategy, delta=cfg.delta, reg_lambda=cfg.reg_lambda
+            cfg.strategy, delta=cfg.delta, reg_lambda=cfg.reg_lambda, reg_form=cfg.reg_form, reg_eps=cfg.reg_eps
         )
         self.variable_shape = variable
         self.sync_dist = sync_dist
@@ -230,6 +231,10 @@ class MEmeL(nn.Module):
             )
 
     # ------------------------------------------------------------------ forward
+    # Opaque to torch.compile (one graph break per call): the tap's Python state (step
+    # counters, the open step's accumulators, lazily sized buffers) would otherwise be
+    # guards that recompile the model every step. memel_lightning/compile.py explains.
+    @torch.compiler.disable
     def forward(self, z: Tensor, mask: Optional[Tensor] = None, labels: Optional[Tensor] = None) -> Tensor:
         if not z.is_floating_point():
             raise TypeError(f"tap {self.name!r}: MEmeL needs a floating-point output, got {z.dtype}")
@@ -263,18 +268,33 @@ class MEmeL(nn.Module):
             seen = self.moments.count[:num] > 0
             scored_mask = seen.expand_as(z2) if m2 is None else m2 & seen
 
+        # docs/performance.md: the fast path fuses scoring, selection and inhibition; a
+        # step that records metrics (or a phi histogram) takes the reference path, which
+        # has phi at hand for them.
+        recording = training and self._in_step and (self._recording or self._histogram is not None)
+        fast = self.config.impl == "fused" and not recording
+        scaled = None
         phi = None
         if training:
             if self.config.score_with == "previous" and self.moments.initialized:
                 phi = monosemantic_scale(x, self.moments, self.config.eps)
             inhibit = self._inhibit_step  # docs/method.md §4.0: late_start counts steps (batches)
-            self.moments.update(x, m2)  # docs/method.md §2: one statistics update per call
+            # docs/method.md §2: one statistics update per call (fast path: fused, with §3's denominator)
+            if fast and fused.can_update(self.moments):
+                scaled = fused.update_and_scale(self.moments, x, m2, self.config.eps)
+            else:
+                self.moments.update(x, m2, fused.batch_moments(x, m2) if fast else None)
             self._trained = True
         else:
             inhibit = self.moments.initialized and self.inhibiting
         if not self.moments.initialized:
             return z
-        mu, denom = scale_parameters(self.moments, num, self.config.eps)  # once per call
+        mu, denom = scaled if scaled is not None else scale_parameters(self.moments, num, self.config.eps)
+        if fast and phi is None:  # score, select and inhibit in one fused pass
+            out2 = fused.apply(z2, mu, denom, self.selector, self.strategy, scored_mask, update=training,
+                               inhibit=inhibit, loss_scale=self._loss_scale if training else 1.0)
+            if out2 is not None:
+                return z if out2 is z2 else self.layout.restore(out2, z)
         if phi is None and (self.config.score_with == "updated" or not training):
             phi = phi_from(x, mu, denom)  # docs/method.md §3
         if phi is None:  # first batch scored on previous statistics: nothing to score with

@@ -138,10 +138,13 @@ class RunningMoments(nn.Module):
             )
 
     @torch.no_grad()
-    def update(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    def update(self, x: Tensor, mask: Optional[Tensor] = None, batch: Optional[tuple[Tensor, Tensor, Tensor]] = None
+               ) -> Tensor:
         """Merge one batch ``x`` of shape ``(N, F)`` (``mask``: bool ``(N, F)``).
 
-        Returns a bool tensor: False when the batch was skipped for non-finite values.
+        ``batch``: ``batch_moments(x, mask)`` when the caller already has them (the fast
+        path computes them in one fused kernel). Returns a bool tensor: False when the
+        batch was skipped for non-finite values.
         """
         if x.dim() != 2:
             raise ValueError(f"tap {self.name!r}: RunningMoments.update expects (N, F), got {tuple(x.shape)}")
@@ -150,7 +153,7 @@ class RunningMoments(nn.Module):
         if not self.initialized:
             self._allocate(x.shape[1], x.device)
         self._check_size(x.shape[1])
-        n, mb, m2 = batch_moments(x, mask)
+        n, mb, m2 = batch_moments(x, mask) if batch is None else batch
         if self.sync_dist and _distributed():
             if self.variable_size:
                 n, mb, m2 = self._pad_to_global_size(n, mb, m2)

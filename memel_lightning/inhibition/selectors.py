@@ -158,6 +158,19 @@ class MovingThreshold(Selector):
         else:
             fraction = hits / mask.sum(dtype=torch.float32).clamp(min=1.0)
         # docs/method.md §4.3: log tau <- log tau + lr * clip((f - rho) / rho, -1, 1)
+        self._step(fraction)
+
+    @torch.no_grad()
+    def update_from_counts(self, hits: Tensor, valid: Tensor) -> None:
+        """The same update from the count of selected values ``hits`` out of ``valid``
+        (float32 device scalars): the fast path counts them in its fused kernel."""
+        if self.sync_dist and dist.is_available() and dist.is_initialized():
+            counts = torch.stack([hits, valid])
+            dist.all_reduce(counts)
+            hits, valid = counts[0], counts[1]
+        self._step(hits / valid.clamp(min=1.0))
+
+    def _step(self, fraction: Tensor) -> None:
         step = ((fraction - self.target_ratio) / self.target_ratio).clamp_(-1.0, 1.0)
         self.tau.mul_(torch.exp(step.mul_(self.lr)))
         self.last_fraction.copy_(fraction)

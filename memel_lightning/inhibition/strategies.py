@@ -110,27 +110,37 @@ class NoInhibition(Strategy):
 
 
 class _IdentityWithRegulariser(torch.autograd.Function):
-    """Identity forward; backward adds the gradient of the L2E regulariser.
+    """Identity forward; backward adds the gradient of the regulariser (docs/method.md §5.2).
 
-    ``coef`` is ``2 * lambda / (N * denom)`` per neuron, so the added gradient is
-    ``coef * (z - mu)`` on selected values and 0 elsewhere. Saves ``z`` (shared with the
-    next layer's saved input in a Transformer MLP, so no extra memory) and the bool
-    selection; computes in float32 (float64 for a float64 ``z``).
+    On selected values the added gradient is ``coef * (z - mu)`` (quadratic form:
+    ``coef = 2 lambda / (N denom)``) or ``coef * (z - mu) / ((z - mu)^2 + log_eps)`` (log
+    form: ``coef = 2 lambda / N``, ``log_eps = reg_eps * denom``), 0 elsewhere. Saves ``z``
+    (shared with the next layer's saved input in a Transformer MLP, so no extra memory)
+    and the bool selection; computes in float32 (float64 for a float64 ``z``).
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, selected: Tensor, mean: Tensor, coef: Tensor) -> Tensor:
-        ctx.save_for_backward(z, selected, mean, coef)
+    def forward(ctx, z: Tensor, selected: Tensor, mean: Tensor, coef: Tensor, log_eps: Optional[Tensor]) -> Tensor:
+        ctx.log_form = log_eps is not None
+        ctx.save_for_backward(z, selected, mean, coef, log_eps if ctx.log_form else None)
         return z.view_as(z)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        z, selected, mean, coef = ctx.saved_tensors
+        z, selected, mean, coef, log_eps = ctx.saved_tensors
         work = torch.promote_types(z.dtype, torch.float32)
-        # docs/method.md §5.2: d/dz [lambda/N * (z - mu)^2 / denom] = 2 * lambda / (N * denom) * (z - mu) on selected values
-        extra = z.to(work) - mean.to(work)  # a new tensor: z itself is never written
-        extra.mul_(coef.to(work)).masked_fill_(selected.logical_not(), 0.0)
-        return grad + extra.to(grad.dtype), None, None, None
+        d = z.to(work) - mean.to(work)  # a new tensor: z itself is never written
+        if ctx.log_form:
+            # d/dz [lambda/N * log((z - mu)^2 + log_eps)] = 2 lambda/N * (z - mu) / ((z - mu)^2 + log_eps)
+            extra = d * coef.to(work) / (d.square() + log_eps.to(work))
+        else:
+            # d/dz [lambda/N * (z - mu)^2 / denom] = 2 lambda / (N denom) * (z - mu)
+            extra = d.mul_(coef.to(work))
+        extra.masked_fill_(selected.logical_not(), 0.0)
+        return grad + extra.to(grad.dtype), None, None, None, None
+
+
+REG_FORMS = ("log", "quadratic")
 
 
 class Regularize(Strategy):
@@ -138,52 +148,80 @@ class Regularize(Strategy):
 
     Forward values are unchanged. Backward adds the gradient of
 
-        R = lambda * sum_selected (z - sg(mu))^2 / (v + eps * mean_k(v_k)) / N
+        log form (L2E's Eq. 5, the default):
+            R = lambda * sum_selected log((z - sg(mu))^2 + reg_eps * S^2) / N
+        quadratic form:
+            R = lambda * sum_selected (z - sg(mu))^2 / S^2 / N
 
-    with ``N`` the number of samples (rows after pooling ``reduce_dims``) of the tap's
-    input, so R is a per-sample average and does not grow with the batch; ``mu`` and the
-    denominator are the tap's running statistics, constants for autograd. The gradient
-    reaches the parameters through the normal backward of the task loss, as if ``R``
-    had been added to it (an autograd function that is the identity forward). Since the
-    trainer scales the task loss before backward (``1 / accumulate_grad_batches``, and
-    the AMP loss scale under fp16), R's gradient is multiplied by ``stats.loss_scale``,
-    the same factor (``MEmeL.begin_step(loss_scale=...)``; the callback passes the
-    trainer's; 1 when used alone). :meth:`penalty` gives ``N * R`` for the metrics
-    (docs/method.md §5.2 and §6.5, computed on recording steps only).
-    The output is a view of ``z`` (no copy): a module after the tap must not modify it
-    in place (autograd raises if it does).
+    with ``S^2 = v + eps * mean_k(v_k)`` (phi's denominator) and ``N`` the number of
+    samples (rows after pooling ``reduce_dims``) of the tap's input, so R is a per-sample
+    average and does not grow with the batch; ``mu`` and ``S^2`` are the tap's running
+    statistics, constants for autograd. The log form's ``reg_eps * S^2`` keeps it finite
+    at ``z = mu`` and makes it scale-free: ``R = lambda/N * sum log(phi + reg_eps)`` plus
+    a constant, so its gradient ``2 lambda/N * (z - mu) / ((z - mu)^2 + reg_eps S^2)``
+    does not depend on the units of the activation's scale. The gradient reaches the
+    parameters through the normal backward of the task loss, as if ``R`` had been added
+    to it (an autograd function that is the identity forward). Since the trainer scales
+    the task loss before backward (``1 / accumulate_grad_batches``, and the AMP loss
+    scale under fp16), R's gradient is multiplied by ``stats.loss_scale``, the same
+    factor (``MEmeL.begin_step(loss_scale=...)``; the callback passes the trainer's; 1
+    when used alone). :meth:`penalty` gives ``N * R`` for the metrics (log form without
+    the constant ``sum log S^2``: ``lambda * sum log(phi + reg_eps)``; docs/method.md
+    §5.2 and §6.5, computed on recording steps only). The output is a view of ``z`` (no
+    copy): a module after the tap must not modify it in place (autograd raises if it
+    does).
 
     Example:
-        >>> reg = Regularize(reg_lambda=0.5)
+        >>> reg = Regularize(reg_lambda=0.5, reg_form="quadratic")
         >>> z = torch.tensor([[1.0, 3.0]], requires_grad=True)
         >>> stats = TapStatistics(mean=torch.zeros(2), denom=torch.ones(2))
         >>> out = reg(z, torch.tensor([[False, True]]), stats)
         >>> out.sum().backward()
         >>> z.grad   # 1 from the sum, plus 2 * 0.5 * (3 - 0) / 1 on the selected value
         tensor([[1., 4.]])
+        >>> z.grad = None
+        >>> out = Regularize(reg_lambda=0.5, reg_form="log", reg_eps=1.0)(z, torch.tensor([[False, True]]), stats)
+        >>> out.sum().backward()
+        >>> z.grad   # plus 2 * 0.5 * 3 / (3^2 + 1 * 1) = 0.3
+        tensor([[1.0000, 1.3000]])
     """
 
-    def __init__(self, reg_lambda: float = 1e-3) -> None:
+    def __init__(self, reg_lambda: float = 1e-3, reg_form: str = "log", reg_eps: float = 1.0) -> None:
         super().__init__()
+        if reg_form not in REG_FORMS:
+            raise ValueError(f"reg_form must be one of {list(REG_FORMS)}, got {reg_form!r}")
+        if not reg_eps > 0.0:
+            raise ValueError(f"reg_eps must be > 0, got {reg_eps}")
         self.reg_lambda = float(reg_lambda)
+        self.reg_form = reg_form
+        self.reg_eps = float(reg_eps)
 
     @torch.no_grad()
     def penalty(self, z: Tensor, selected: Tensor, stats: TapStatistics) -> Tensor:
-        """``lambda * sum_selected (z - mu)^2 / denom`` (R times the rows N), float64."""
-        sq = (z.float() - stats.mean).square_().div_(stats.denom)
-        return torch.where(selected, sq, 0.0).sum(dtype=torch.float64) * self.reg_lambda
+        """``N * R`` of this call, float64: ``lambda * sum_selected log(phi + reg_eps)``
+        (log form, without the constant ``log S^2``) or ``lambda * sum_selected phi``."""
+        phi = (z.float() - stats.mean).square_().div_(stats.denom)
+        per_value = torch.log(phi + self.reg_eps) if self.reg_form == "log" else phi
+        return torch.where(selected, per_value, 0.0).sum(dtype=torch.float64) * self.reg_lambda
+
+    def coefficients(self, n_rows: int, stats: TapStatistics, work: torch.dtype = torch.float32
+                     ) -> tuple[Tensor, Optional[Tensor]]:
+        """``(coef, log_eps)`` of the added gradient (see :class:`_IdentityWithRegulariser`),
+        scaled by ``stats.loss_scale``; ``log_eps`` is None for the quadratic form."""
+        scale = self.reg_lambda / max(n_rows, 1)
+        denom = stats.denom.to(work).clamp(min=torch.finfo(torch.float32).tiny)
+        if self.reg_form == "log":
+            return torch.full_like(denom, 2.0 * scale) * stats.loss_scale, denom * self.reg_eps
+        return (2.0 * scale) / denom * stats.loss_scale, None
 
     def forward(self, z: Tensor, selected: Tensor, stats: TapStatistics) -> Tensor:
-        scale = self.reg_lambda / max(z.shape[0], 1)
         if not z.requires_grad or not torch.is_grad_enabled():
             return z
-        work = torch.promote_types(z.dtype, torch.float32)
-        coef = (2.0 * scale) / stats.denom.to(work).clamp(min=torch.finfo(torch.float32).tiny)
-        coef = coef * stats.loss_scale  # scaled like the task loss (accumulation, AMP)
-        return _IdentityWithRegulariser.apply(z, selected, stats.mean, coef)
+        coef, log_eps = self.coefficients(z.shape[0], stats, torch.promote_types(z.dtype, torch.float32))
+        return _IdentityWithRegulariser.apply(z, selected, stats.mean, coef, log_eps)
 
     def extra_repr(self) -> str:
-        return f"reg_lambda={self.reg_lambda}"
+        return f"reg_lambda={self.reg_lambda}, reg_form={self.reg_form!r}, reg_eps={self.reg_eps}"
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -195,12 +233,14 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
-def build_strategy(name: str, *, delta: float = 1.0, reg_lambda: float = 1e-3) -> Strategy:
+def build_strategy(
+    name: str, *, delta: float = 1.0, reg_lambda: float = 1e-3, reg_form: str = "log", reg_eps: float = 1.0
+) -> Strategy:
     """Build a strategy by its name (see :data:`STRATEGIES`, docs/method.md §5)."""
     if name == "reverse":
         return ReverseDeactivation(delta)
     if name == "regularize":
-        return Regularize(reg_lambda)
+        return Regularize(reg_lambda, reg_form, reg_eps)
     if name in STRATEGIES:
         return STRATEGIES[name]()
     raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
