@@ -114,7 +114,9 @@ class Tapped(nn.Module):
 
 def warm(strategy: str, selector: str = "topk") -> MEmeL:
     opts = dict(k=1) if selector == "topk" else dict(target_ratio=0.1)
-    m = MEmeL(selector=selector, strategy=strategy, late_start=0, reduce_dims=[0], **opts)
+    # the reference path: the op-level assertions below are its ops (the fused path's
+    # kernels are tested in tests/test_fastpath.py)
+    m = MEmeL(selector=selector, strategy=strategy, late_start=0, reduce_dims=[0], impl="reference", **opts)
     m(torch.randn(2, 5, 64))
     m.record_metrics = False
     return m

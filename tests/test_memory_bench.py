@@ -26,13 +26,16 @@ def test_saved_storages_are_counted_once():
 def test_token_layout_exact_bytes(selector):
     n, f = 2 * 8, 16  # reduce_dims=[0]: 16 samples (tokens) of 16 neurons
     shape = (2, 8, f)
-    for strategy in ("reverse", "mean_nograd", "mean_passthrough"):
+    for strategy in ("reverse", "mean_nograd"):
         row = memory.measure("pythia-410m", selector, strategy, shape=shape)
         assert row.extra_bytes == n * f  # the bool selection, 1 byte per element
         assert row.bytes_per_element == 1.0
-    # regularize also keeps the running mean and the per-neuron coefficient, float32 (F,)
+    # mean_passthrough's gradient is +1 everywhere: the fast path keeps nothing
+    assert memory.measure("pythia-410m", selector, "mean_passthrough", shape=shape).extra_bytes == 0
+    # regularize (log form) also keeps the running mean and reg_eps * S^2, float32 (F,),
+    # and its coefficient, a float32 scalar
     row = memory.measure("pythia-410m", selector, "regularize", shape=shape)
-    assert row.extra_bytes == n * f + 2 * f * 4
+    assert row.extra_bytes == n * f + 2 * f * 4 + 4
     assert memory.measure("pythia-410m", selector, "none", shape=shape).extra_bytes == 0
 
 
@@ -42,8 +45,8 @@ def test_sample_layout_and_fake_equals_real():
         fake = memory.measure("swin-t", "topk", strategy, shape=shape)
         real = memory.measure("swin-t", "topk", strategy, shape=shape, fake=False)
         assert fake.extra_bytes == real.extra_bytes
-    assert real.extra_bytes == 2 * 96 + 2 * 96 * 4  # regularize, the last one
-    assert sorted(real.extra_tensors) == ["bool[2, 96]", "float32[96]", "float32[96]"]
+    assert real.extra_bytes == 2 * 96 + 2 * 96 * 4 + 4  # regularize (log form), the last one
+    assert sorted(real.extra_tensors) == ["bool[2, 96]", "float32[96]", "float32[96]", "float32[]"]
 
 
 def test_cli_writes_markdown(tmp_path, capsys):

@@ -339,14 +339,14 @@ class _ReplaceSelected(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # no zero gradients for the selection and the count
         ctx.g = float(g)
         if ctx.g != 1.0:  # g = 1 (straight-through) needs nothing for backward
-            ctx.save_for_backward(sel)
+            ctx.save_for_backward(sel.view(torch.bool))  # saved as what it is: a bool mask
         return out, sel, hits
 
     @staticmethod
     def backward(ctx, grad, _sel_grad, _hits_grad):
         if grad is None or ctx.g == 1.0:
             return (grad,) + (None,) * 6
-        (sel,) = ctx.saved_tensors
+        sel = ctx.saved_tensors[0].view(torch.uint8)
         if use_triton(grad):
             from . import fused_triton
 
@@ -361,13 +361,13 @@ class _IdentityRegularised(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, sel, mu, coef, log_eps):
         ctx.log_form = log_eps is not None
-        ctx.save_for_backward(z, sel, mu, coef, log_eps if ctx.log_form else None)
+        ctx.save_for_backward(z, sel.view(torch.bool), mu, coef, log_eps if ctx.log_form else None)
         return z.view_as(z)
 
     @staticmethod
     def backward(ctx, grad):
         z, sel, mu, coef, log_eps = ctx.saved_tensors
-        grad_z = GRAD_REG(grad, z, sel, mu, coef, log_eps, numel=grad.numel())
+        grad_z = GRAD_REG(grad, z, sel.view(torch.uint8), mu, coef, log_eps, numel=grad.numel())
         return grad_z, None, None, None, None
 
 

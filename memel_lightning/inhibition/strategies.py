@@ -210,8 +210,8 @@ class Regularize(Strategy):
         scaled by ``stats.loss_scale``; ``log_eps`` is None for the quadratic form."""
         scale = self.reg_lambda / max(n_rows, 1)
         denom = stats.denom.to(work).clamp(min=torch.finfo(torch.float32).tiny)
-        if self.reg_form == "log":
-            return torch.full_like(denom, 2.0 * scale) * stats.loss_scale, denom * self.reg_eps
+        if self.reg_form == "log":  # one coefficient for all neurons: a scalar
+            return denom.new_full((), 2.0 * scale) * stats.loss_scale, denom * self.reg_eps
         return (2.0 * scale) / denom * stats.loss_scale, None
 
     def forward(self, z: Tensor, selected: Tensor, stats: TapStatistics) -> Tensor:
