@@ -409,7 +409,7 @@ def inhibit(
 
 
 # ---------------------------------------------------------------------------- selector / strategy mapping
-def selection_spec(selector, phi_numel_rows: int = 0) -> Optional[SelectSpec]:
+def selection_spec(selector) -> Optional[SelectSpec]:
     """The fused rule for a selector module, or None when the fast path does not know it."""
     from .selectors import MovingThreshold, Threshold, TopK
 
