@@ -103,7 +103,8 @@ def _batches(model, loader, taps, inputs, labels, reduce_dims, max_batches, devi
                     break
                 store.clear()
                 x = inputs(batch)
-                model(x.to(device) if isinstance(x, Tensor) else x)
+                args = x if isinstance(x, tuple) else (x,)
+                model(*(a.to(device) if isinstance(a, Tensor) else a for a in args))
                 lab = labels(batch)
                 out = {}
                 for tap in taps:
@@ -130,7 +131,8 @@ def fkr_curve(
 ) -> list[FKRPoint]:
     """FKR at every ratio for every tap, and pooled over taps (``tap="all"``); see the module doc.
 
-    ``inputs(batch)`` is what the model is called with, ``labels(batch)`` the integer
+    ``inputs(batch)`` is what the model is called with (a tuple: positional arguments),
+    ``labels(batch)`` the integer
     feature labels over a prefix of each tap's output axes (negative: unlabelled, e.g.
     padding or document separators)."""
     if not ratios or any(not 0 < r < 1 for r in ratios):
@@ -241,3 +243,70 @@ def format_table(rows: Sequence[FKRPoint]) -> str:
         lines.append(f"| `{r.tap}` | {100 * r.ratio:g} % | {r.tau:.3g} | {100 * r.selected_frac:.2f} % | "
                      f"{r.kills} | {r.false_kills} | {r.fkr:.3f} |")
     return "\n".join(lines)
+
+
+def _batch_inputs(model: nn.Module) -> Callable[[Any], Any]:
+    """How the command calls a LightningModule on a batch of its data module."""
+    def inputs(batch: Any) -> Any:
+        if isinstance(batch, dict):
+            if hasattr(model, "memel_target_ratio"):  # CausalLM: read L tokens, predict L
+                return batch["input_ids"][:, :-1]
+            return tuple(batch.get(k) for k in ("input_ids", "attention_mask", "token_type_ids"))
+        return batch[0] if isinstance(batch, (tuple, list)) else batch
+    return inputs
+
+
+def code_language_loader(data: Any, seq_len: int, batch_size: int, seed: int = 0, docs_per_language: int = 64):
+    """Windows of the code-language set tokenised with ``data``'s tokenizer (a TextDataModule)."""
+    from torch.utils.data import DataLoader
+
+    from ..data.code_languages import LabelledWindows, code_language_documents, encode_labelled
+    from ..data.text import EOS
+
+    data.prepare_data()
+    tok = data.load_tokenizer()
+    ids, labels = encode_labelled(tok, code_language_documents(seed, docs_per_language), tok.token_to_id(EOS))
+    return DataLoader(LabelledWindows(ids, labels, seq_len), batch_size=batch_size)
+
+
+def fkr_curve_main(argv: Optional[Sequence[str]] = None) -> dict[str, Path]:
+    """``python cli.py fkr_curve --config RUN/config.yaml --ckpt_path CKPT [--labels code_languages]``."""
+    from ..callback import resolve_taps
+    from .cli import _memel_settings, build_from_config
+
+    parser = argparse.ArgumentParser(prog="cli.py fkr_curve", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="the run's config (e.g. RUN/config.yaml)")
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint of the config's model")
+    parser.add_argument("--out", default=None, help="output folder (default: <ckpt folder>/fkr_curve)")
+    parser.add_argument("--labels", choices=["model", "code_languages"], default="model",
+                        help="model: the validation set with the model's memel_labels(batch); code_languages: "
+                        "the code-language set tokenised with the data module's tokenizer (causal LMs)")
+    parser.add_argument("--taps", nargs="+", default=None, help="glob patterns (default: the model's memel_taps())")
+    parser.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS))
+    parser.add_argument("--eps", type=float, default=None, help="default: the config's, else 0.01")
+    parser.add_argument("--max_batches", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=8, help="batch size of the code-language windows")
+    args = parser.parse_args(argv)
+
+    model, data, raw = build_from_config(args.config)
+    settings = _memel_settings(raw)
+    checkpoint = torch.load(args.ckpt_path, map_location="cpu", weights_only=False)
+    model.load_state_dict(checkpoint["state_dict"])
+    taps = resolve_taps(model, args.taps or model.memel_taps())
+    if args.labels == "code_languages":
+        seq_len = int(getattr(data, "seq_len", 128))
+        loader = code_language_loader(data, seq_len, args.batch_size)
+        get_labels = lambda b: b["feature_labels"][:, :-1]  # noqa: E731  (the input tokens' labels)
+    else:
+        get_labels = getattr(model, "memel_labels", None)
+        if get_labels is None:
+            raise SystemExit(f"{type(model).__name__} defines no memel_labels(batch); use --labels code_languages")
+        data.setup("validate")
+        loader = data.val_dataloader()
+    eps = args.eps if args.eps is not None else float(settings.get("eps", 0.01))
+    rows = fkr_curve(model, loader, taps, inputs=_batch_inputs(model), labels=get_labels, ratios=args.ratios,
+                     eps=eps, reduce_dims=tuple(settings.get("reduce_dims", ()) or ()), max_batches=args.max_batches)
+    out = Path(args.out or Path(args.ckpt_path).parent / "fkr_curve")
+    paths = write_fkr_curve(rows, out, title=f"FKR vs inhibition ratio: {Path(args.ckpt_path).name}")
+    print(format_table(rows))
+    return paths

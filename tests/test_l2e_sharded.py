@@ -1,0 +1,33 @@
+"""The sharded path: FSDP2 (Lightning's ModelParallelStrategy) with MEmeL taps, on CPU with gloo."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_fsdp2_taps_resolve_and_statistics_are_those_of_the_global_batch(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "l2e_sharded_worker.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    from memel_lightning.models.causal_lm import CausalLM
+
+    expected = CausalLM("tiny", config_overrides={"vocab_size": 384}).memel_taps()
+    for state in ranks:
+        assert state["sharded"] and state["world"] == 2
+        assert sorted(state["taps"]) == sorted(expected)  # names unchanged under FSDP2
+    from lightning_utilities import module_available  # noqa: F401  (lightning is there)
+    from tests.l2e_sharded_worker import BATCH, SEQ, STEPS
+
+    for name in expected:
+        a, b = ranks[0]["taps"][name], ranks[1]["taps"][name]
+        assert a == b  # identical statistics and threshold on both ranks
+        # every neuron merged every token of both ranks: the global batch
+        assert set(a["count"]) == {STEPS * 2 * BATCH * SEQ}
