@@ -42,3 +42,16 @@ def test_no_paired_steps_is_an_error(tmp_path):
     (tmp_path / "empty" / "seed_0").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="logged"):
         summarize(tmp_path / "empty")
+
+
+def test_ideal_network_floor_is_explained_by_the_labels():
+    from memel_lightning.analysis.fkr_tracking import ideal_network_fkr
+
+    top1 = ideal_network_fkr("top1", steps=60)
+    thr = ideal_network_fkr("moving_threshold", steps=60)
+    for r in (top1, thr):
+        assert r["fkr"] == pytest.approx(r["no_feature"] + r["not_dominant"] + r["feature_absent"])
+    # top-1 must kill in the 0.95^20 = 36 % of samples without any feature
+    assert top1["no_feature"] == pytest.approx(0.95**20, abs=0.04)
+    # the threshold kills only active features: false only when another feature is larger
+    assert thr["no_feature"] == 0 and thr["feature_absent"] == 0 and 0.05 < thr["not_dominant"] < 0.3

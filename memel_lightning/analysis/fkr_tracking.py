@@ -11,6 +11,12 @@ Per variant: the mean of each over the logged steps (then over runs, ± the std 
 runs), the value at the last logged step, and the Pearson correlation of the labelled
 FKR with the true rate over all logged steps of all runs (``corr``). The last line
 correlates the variants' mean rates (across settings).
+
+``--ideal`` adds the labelled FKR of an *ideal* monosemantic network on the toy's data
+(:func:`ideal_network_fkr`: one neuron per feature, ``h = x``, so the true false-kill
+rate is 0), split by why a kill counts as false: the labels' floor.
+
+    python -m memel_lightning.analysis.fkr_tracking --ideal
 """
 from __future__ import annotations
 
@@ -88,10 +94,70 @@ def table(variant_dirs: Sequence[str | Path]) -> str:
     return "\n".join(lines)
 
 
+def ideal_network_fkr(
+    selector: str = "moving_threshold", steps: int = 300, n_features: int = 20, p_active: float = 0.05,
+    batch_size: int = 256, target_ratio: float = 0.02, seed: int = 0,
+) -> dict[str, float]:
+    """Labelled FKR of ``h = x`` (neuron ``j`` = feature ``j``: every neuron truly
+    monosemantic) on the toy's data with its labels (the dominant feature, ``n_features``
+    when none is active), over the last two thirds of ``steps`` batches.
+
+    ``selector``: ``"top1"`` (per sample) or ``"moving_threshold"`` (here: the exact
+    ``(1 - target_ratio)`` quantile of the batch's phi, the threshold's fixed point).
+    Returns the FKR and the shares of kills that are false because the sample has no
+    active feature (``no_feature``), has the neuron's feature active but another one
+    larger (``not_dominant``), or lacks the neuron's feature while having others
+    (``feature_absent``)."""
+    import torch
+
+    from ..data.toy_polysemantic import dominant_feature, sparse_features
+    from ..inhibition.feature_fkr import FeatureFKR
+    from ..inhibition.moments import RunningMoments
+
+    if selector not in ("top1", "moving_threshold"):
+        raise ValueError(f"selector must be 'top1' or 'moving_threshold', got {selector!r}")
+    g = torch.Generator().manual_seed(seed)
+    moments, feature = RunningMoments(10), FeatureFKR(10)
+    totals = dict(false=0.0, kills=0.0, no_feature=0.0, not_dominant=0.0, feature_absent=0.0)
+    for step in range(steps):
+        x = sparse_features(batch_size, n_features, p_active, g)
+        labels = dominant_feature(x)
+        moments.update(x)
+        phi = (x - moments.mean) ** 2 / (moments.var + 0.01 * moments.var.mean())
+        if selector == "top1":
+            sel = torch.zeros_like(phi, dtype=torch.bool).scatter_(1, phi.argmax(1, keepdim=True), True)
+        else:
+            sel = phi > torch.quantile(phi.flatten(), 1 - target_ratio)
+        l_star, known = feature.feature()
+        false, kills = feature(phi, sel, labels)
+        if step < steps // 3:
+            continue
+        wrong = sel & known[None, :] & (labels[:, None] != l_star[None, :])
+        none = (labels == n_features)[:, None]
+        own = x > 0  # neuron j's own feature j active in the sample
+        totals["false"] += float(false)
+        totals["kills"] += float(kills)
+        totals["no_feature"] += float((wrong & none).sum())
+        totals["not_dominant"] += float((wrong & ~none & own).sum())
+        totals["feature_absent"] += float((wrong & ~none & ~own).sum())
+    k = max(totals.pop("kills"), 1.0)
+    return {"fkr": totals.pop("false") / k, **{name: v / k for name, v in totals.items()}}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variants", nargs="+", help="folders of toy runs (one sub-folder per seed)")
-    print(table(parser.parse_args(argv).variants))
+    parser.add_argument("variants", nargs="*", help="folders of toy runs (one sub-folder per seed)")
+    parser.add_argument("--ideal", action="store_true", help="also the labelled FKR of an ideal monosemantic network")
+    args = parser.parse_args(argv)
+    if args.variants:
+        print(table(args.variants))
+    if args.ideal:
+        print("\n| ideal network (h = x), selector | labelled FKR | no active feature | feature not dominant "
+              "| feature absent |\n|---|---|---|---|---|")
+        for selector in ("top1", "moving_threshold"):
+            r = ideal_network_fkr(selector)
+            print(f"| `{selector}` | {r['fkr']:.3f} | {r['no_feature']:.3f} | {r['not_dominant']:.3f} "
+                  f"| {r['feature_absent']:.3f} |")
 
 
 if __name__ == "__main__":
