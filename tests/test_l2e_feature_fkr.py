@@ -189,3 +189,14 @@ def test_ranks_hold_the_state_of_the_global_batch(tmp_path):
     for r in (r0, r1):
         torch.testing.assert_close(r["mass"], single.mass)
         torch.testing.assert_close(r["count"], single.count)
+
+
+def test_masked_nan_does_not_leak_and_a_nonfinite_batch_is_skipped():
+    fkr = FeatureFKR()
+    phi = torch.tensor([[1.0, float("nan")], [2.0, 3.0]])
+    mask = torch.tensor([[True, False], [True, True]])
+    fkr.update(phi, torch.tensor([0, 1]), mask)
+    assert torch.isfinite(fkr.mass).all() and fkr.count.tolist() == [[1.0, 0.0], [1.0, 1.0]]
+    before = fkr.mass.clone()
+    fkr.update(phi, torch.tensor([0, 1]))  # the NaN is valid: the batch is skipped
+    assert torch.equal(fkr.mass, before)

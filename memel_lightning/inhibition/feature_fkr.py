@@ -63,6 +63,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .metrics import FKR, MetricGroup, MetricState, StepAccumulator, TapCall
+
+FALSE_KILLS = "false_kills"
+LABELLED_KILLS = "labelled_kills"
+
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -71,9 +76,12 @@ def _distributed() -> bool:
 class FeatureFKR(nn.Module):
     """Per-label running phi mass and count of one tap; ``l*`` (Eq. 3) and false kills (Eq. 4).
 
-    ``forward(phi, selected, labels, mask=None)`` merges the batch and returns the
-    batch's ``(false_kills, kills)`` (float64 scalars on phi's device); :meth:`update`
-    and :meth:`count_kills` do the two halves. ``phi`` is ``(N, F)`` (samples x
+    ``forward(phi, selected, labels, mask=None)`` judges the batch's kills by the
+    current ``l*``, then merges the batch, and returns the batch's ``(false_kills,
+    kills)`` (float64 scalars on phi's device); :meth:`count_kills` and :meth:`update`
+    do the two halves. Per-row labels are merged with a one-hot matrix product (no
+    ``(N, F)`` index tensor); a non-finite phi anywhere skips the batch's merge, as the
+    moments skip non-finite batches. ``phi`` is ``(N, F)`` (samples x
     neurons), ``selected`` a bool ``(N, F)`` selection (or ``None``: nothing killed),
     ``labels`` an integer ``(N,)`` or ``(N, F)``, ``mask`` a bool ``(N, F)`` of valid values.
     State (``mass``, ``count``: ``(C, F)`` float32; ``updates``) is in ``state_dict``.
@@ -118,14 +126,14 @@ class FeatureFKR(nn.Module):
             setattr(self, key, new)
 
     def _check(self, values: Tensor, labels: Tensor, mask: Optional[Tensor]) -> Tensor:
-        """Validate and return the labels as ``(N, F)`` on ``values``' device."""
+        """Validate; the labels on ``values``' device as ``(N, 1)`` (per row) or ``(N, F)``."""
         if values.dim() != 2:
             raise ValueError(f"tap {self.name!r}: FeatureFKR expects (N, F) values, got {tuple(values.shape)}")
         if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
             raise TypeError(f"tap {self.name!r}: feature labels must be integers, got {labels.dtype}")
         labels = labels.to(values.device)
         if labels.dim() == 1 and labels.shape[0] == values.shape[0]:
-            labels = labels[:, None].expand(values.shape)
+            labels = labels[:, None]  # broadcasts over the neurons
         elif tuple(labels.shape) != tuple(values.shape):
             raise ValueError(
                 f"tap {self.name!r}: labels of shape {tuple(labels.shape)} match neither the samples "
@@ -156,14 +164,23 @@ class FeatureFKR(nn.Module):
         if self.mass.device != phi.device:
             self.mass, self.count = self.mass.to(phi.device), self.count.to(phi.device)
             self.updates = self.updates.to(phi.device)
-        valid = (labels >= 0) & (labels < c)
-        if mask is not None:
-            valid &= mask.to(device=phi.device, dtype=torch.bool)
-        index = labels.clamp(0, max(c - 1, 0)).long()
         batch = phi.new_zeros((2, c, f_all), dtype=torch.float32)
-        # masked_fill, not a product: a NaN in an invalid position must not leak in
-        batch[0, :, :f].scatter_add_(0, index, phi.detach().float().masked_fill(~valid, 0.0))
-        batch[1, :, :f].scatter_add_(0, index, valid.float())
+        x = phi.detach().float()
+        m = None if mask is None else mask.to(device=phi.device, dtype=torch.bool)
+        if labels.shape[1] == 1:
+            # one label per row: (C, N) one-hot @ (N, F), no (N, F) index tensor
+            onehot = (labels == torch.arange(c, device=phi.device)[None, :]).float()  # (N, C); <0 or >=C: none
+            xm = x if m is None else x.masked_fill(~m, 0.0)
+            batch[0, :, :f] = onehot.T @ xm
+            batch[1, :, :f] = onehot.sum(0)[:, None] if m is None else onehot.T @ m.float()
+        else:
+            valid = (labels >= 0) & (labels < c)
+            if m is not None:
+                valid &= m
+            index = labels.clamp(0, max(c - 1, 0)).long()
+            # masked_fill, not a product: a NaN in an invalid position must not leak in
+            batch[0, :, :f].scatter_add_(0, index, x.masked_fill(~valid, 0.0))
+            batch[1, :, :f].scatter_add_(0, index, valid.float())
         if self.sync_dist and _distributed():
             dist.all_reduce(batch, op=dist.ReduceOp.SUM)
         finite = torch.isfinite(batch).all()  # a non-finite batch is skipped (no host sync)
@@ -204,7 +221,7 @@ class FeatureFKR(nn.Module):
             l_star = torch.cat([l_star, l_star.new_zeros(pad)])
             known = torch.cat([known, known.new_zeros(pad)])
         l_star, known = l_star[:f].to(labels.device), known[:f].to(labels.device)
-        kills = selected.to(torch.bool) & (labels >= 0) & known[None, :]
+        kills = selected.to(torch.bool) & (labels >= 0) & known[None, :]  # (N, F): labels broadcast
         if mask is not None:
             kills &= mask.to(device=kills.device, dtype=torch.bool)
         false = kills & (labels != l_star[None, :])
@@ -232,6 +249,8 @@ class FeatureFKR(nn.Module):
         unexpected_keys: list,
         error_msgs: list,
     ) -> None:
+        if not any(k.startswith(prefix) for k in state_dict):
+            return  # a checkpoint from before labelled FKR existed: start empty
         # The state is sized lazily: adopt the saved sizes before the default copy.
         for key in ("mass", "count"):
             saved = state_dict.get(prefix + key)
@@ -245,3 +264,71 @@ class FeatureFKR(nn.Module):
     def extra_repr(self) -> str:
         c, f = self.shape
         return f"forget_steps={self.forget_steps}, labels={c}, neurons={f}"
+
+
+def labels_to_rows(labels: Tensor, z: Tensor, reduce_dims: tuple[int, ...], name: str = "") -> Tensor:
+    """Labels over a prefix of ``z``'s axes as one label per sample row ``(N,)`` when they
+    vary only over the batch and pooled axes (e.g. ``(B,)``, or ``(B, L)`` with
+    ``reduce_dims=(0,)``), else one per value ``(N, F)`` (rows as :class:`TapLayout` lays them).
+
+    Example:
+        >>> z = torch.zeros(2, 3, 4)                      # B=2, L=3, H=4; tokens are samples
+        >>> labels_to_rows(torch.tensor([[0, 1, 2], [3, 4, 5]]), z, (0,)).tolist()
+        [0, 1, 2, 3, 4, 5]
+    """
+    if labels.dim() == 0 or labels.dim() > z.dim() or tuple(labels.shape) != tuple(z.shape[: labels.dim()]):
+        raise ValueError(
+            f"tap {name!r}: labels of shape {tuple(labels.shape)} do not match the leading axes of the output "
+            f"{tuple(z.shape)}"
+        )
+    labels = labels.to(z.device)
+    covered = set(range(labels.dim() - 1))  # axes of S the labels span
+    if covered <= set(reduce_dims):
+        # the labelled axes are the first pooled axes (reduce_dims is sorted): expand over the others
+        pooled = [z.shape[1 + d] for d in reduce_dims]
+        lab = labels.reshape(tuple(labels.shape) + (1,) * (1 + len(pooled) - labels.dim()))
+        return lab.expand(z.shape[0], *pooled).reshape(-1)
+    full = labels.reshape(tuple(labels.shape) + (1,) * (z.dim() - labels.dim())).expand(z.shape)
+    kept = [d for d in range(z.dim() - 1) if d not in reduce_dims]
+    perm = [0] + [1 + d for d in reduce_dims] + [1 + d for d in kept]
+    n = z.shape[0]
+    for d in reduce_dims:
+        n *= z.shape[1 + d]
+    return full.permute(perm).reshape(n, -1)
+
+
+class LabelledFKRMetrics(MetricGroup):
+    """The step's labelled False Killing Rate (Eq. 4) of one tap, as declared states.
+
+    ``update`` counts the call's kills against the tap's :class:`FeatureFKR` (its ``l*``
+    from the batches before); ``compute`` gives ``fkr = false_kills / labelled_kills``
+    (0 when nothing labelled was killed) only when an inhibited call of the step had
+    labels, plus the two counts (summed over calls and ranks; the aggregate over taps
+    pools them)."""
+
+    states = (
+        MetricState(FALSE_KILLS, "sum"),
+        MetricState(LABELLED_KILLS, "sum"),
+        MetricState("labelled_inhibited_calls", "max"),
+    )
+
+    def __init__(self, feature: FeatureFKR) -> None:
+        self.feature = feature
+
+    @torch.no_grad()
+    def update(self, acc: StepAccumulator, call: TapCall) -> None:
+        if call.labels is None or call.selected is None:
+            return
+        false, kills = self.feature.count_kills(call.selected, call.labels, call.mask)
+        acc.add(FALSE_KILLS, false)
+        acc.add(LABELLED_KILLS, kills)
+        acc.add("labelled_inhibited_calls", 1.0, count=True)
+
+    def compute(self, s: dict[str, Tensor], tau_report: float, max_share: float) -> dict[str, Tensor]:
+        if not bool(s["labelled_inhibited_calls"] > 0):
+            return {}
+        return {
+            FKR: s[FALSE_KILLS] / s[LABELLED_KILLS].clamp(min=1.0),
+            FALSE_KILLS: s[FALSE_KILLS],
+            LABELLED_KILLS: s[LABELLED_KILLS],
+        }
