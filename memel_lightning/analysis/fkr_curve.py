@@ -2,7 +2,7 @@
 
 On a trained model and a data set whose inputs carry feature labels, for every tapped
 layer and every inhibition ratio ``r`` (default 0.5, 1, 2, 3, 5, 10 %), as L2E does
-offline on Pythia checkpoints (docs/method.md §7, Eq. 3-4):
+offline on Pythia checkpoints (Eq. 3-4; docs/method.md §6.4, docs/l2e.md):
 
 1. pass 1: the data set's mean ``z_bar_j`` and variance ``S_j^2`` of every neuron
    (float64 sums over all valid samples);

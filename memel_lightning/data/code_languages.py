@@ -1,6 +1,6 @@
 """A labelled token-feature set that needs no download: "which language is this document in".
 
-L2E measures its False Killing Rate (docs/method.md §7, Eq. 3-4) on the sparse-probing
+L2E measures its False Killing Rate (Eq. 3-4, docs/l2e.md) on the sparse-probing
 feature sets of Gurnee et al. 2023, among them a *code language* set: every token is
 labelled by the programming language of its document. This module builds a set of the
 same kind from files every Linux machine with Python already has:

@@ -1,4 +1,4 @@
-"""The labelled False Killing Rate of L2E (docs/method.md §7, Eq. 3-4): running state and counts.
+"""The labelled False Killing Rate of L2E (L2E Eq. 3-4; docs/method.md §6.4, docs/l2e.md): running state and counts.
 
 L2E defines a neuron's *relatively monosemantic feature* (Eq. 3) on a data set whose
 inputs carry feature labels ``l`` (classes ``C_l``)::

@@ -41,7 +41,7 @@ class MEmeL(nn.Module):
     positions: masked values never enter the statistics and are never selected.
     ``labels`` (integer feature labels over a prefix of ``z``'s axes like ``mask``, e.g.
     ``(B,)`` or ``(B, L)``; negative = unlabelled) give the labelled False Killing Rate
-    of L2E (docs/method.md §7, Eq. 3-4, :mod:`~.feature_fkr`): in training every call
+    of L2E (Eq. 3-4; docs/method.md §6.4, :mod:`~.feature_fkr`): in training every call
     with labels merges its phi into per-label statistics of each neuron (decayed like
     the moments) that name the neuron's feature ``l*``, and the step's metrics gain
     ``fkr`` (the share of the step's labelled kills whose label is not their neuron's
@@ -104,7 +104,7 @@ class MEmeL(nn.Module):
             cfg.strategy, delta=cfg.delta, reg_lambda=cfg.reg_lambda
         )
         self.variable_shape = variable
-        # labelled False Killing Rate (docs/method.md §7, Eq. 3-4): per-label phi mass and
+        # labelled False Killing Rate (L2E Eq. 3-4, docs/method.md §6.4): per-label phi mass and
         # count of every neuron, decayed like the moments; used only when labels are given
         self.feature_fkr = FeatureFKR(cfg.forget_steps, sync_dist=sync_dist, name=name)
         self.sync_dist = sync_dist
