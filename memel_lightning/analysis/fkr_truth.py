@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..sweep import read_scalars
+from ..research.events import read_scalars
 
 
 def paired(run_dir: str | Path) -> np.ndarray:
