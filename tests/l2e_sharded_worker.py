@@ -1,7 +1,11 @@
-"""Run by tests/test_l2e_sharded.py: a tiny CausalLM under FSDP2 (ModelParallelStrategy) on
-2 CPU processes (gloo) with the MEmeL callback; every rank writes its taps' statistics.
+"""Run by tests/test_l2e_sharded.py: a tiny CausalLM, sharded, with the MEmeL callback on 2
+processes; every rank writes its taps' statistics.
 
-    python tests/l2e_sharded_worker.py OUT_DIR
+    python tests/l2e_sharded_worker.py OUT_DIR [fsdp2|fsdp1]
+
+``fsdp2``: Lightning's ModelParallelStrategy (FSDP2, CausalLM.configure_model shards the
+layers) on 2 CPU processes with gloo. ``fsdp1``: Lightning's FSDPStrategy, which needs 2
+CUDA devices (Lightning refuses FSDPStrategy on CPU).
 """
 import json
 import os
@@ -20,7 +24,7 @@ from memel_lightning.models.causal_lm import CausalLM  # noqa: E402
 STEPS, BATCH, SEQ = 3, 2, 16
 
 
-def main(out: Path) -> None:
+def main(out: Path, kind: str = "fsdp2") -> None:
     docs = out / "docs"
     docs.mkdir(parents=True, exist_ok=True)
     for i in range(8):
@@ -30,21 +34,31 @@ def main(out: Path) -> None:
     lm = CausalLM("tiny", config_overrides={"vocab_size": 384})
     callback = MEmeLCallback(taps="default", sync_stats=True, memel={
         "selector": "moving_threshold", "strategy": "regularize", "reduce_dims": [0], "late_start": 1})
+    if kind == "fsdp2":
+        accelerator = "cpu"
+        strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, save_distributed_checkpoint=False)
+    else:
+        from lightning.pytorch.strategies import FSDPStrategy
+        from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer
+
+        accelerator = "gpu"
+        strategy = FSDPStrategy(auto_wrap_policy={GPTNeoXLayer}, use_orig_params=True)
     trainer = pl.Trainer(
-        max_steps=STEPS, accelerator="cpu", devices=2,
-        strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, save_distributed_checkpoint=False),
+        max_steps=STEPS, accelerator=accelerator, devices=2, strategy=strategy,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=0, callbacks=[callback],
     )
     trainer.fit(lm, datamodule=dm)
     from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    state = {"sharded": isinstance(lm.model, FSDPModule), "world": trainer.world_size, "taps": {}}
+    sharded = isinstance(lm.model, FSDPModule) or any(isinstance(m, FSDP) for m in trainer.strategy.model.modules())
+    state = {"sharded": sharded, "world": trainer.world_size, "taps": {}}
     for name in callback.tap_names:
         memel = callback.memel_for(name)
         state["taps"][name] = {
-            "mean": memel.moments.mean.tolist(), "var": memel.moments.var.tolist(),
-            "count": memel.moments.count.tolist(),
+            "mean": memel.moments.mean.cpu().tolist(), "var": memel.moments.var.cpu().tolist(),
+            "count": memel.moments.count.cpu().tolist(),
             "tau": float(getattr(memel.selector, "tau", torch.tensor(float("nan")))),
         }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(state))
@@ -52,4 +66,4 @@ def main(out: Path) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "fsdp2")

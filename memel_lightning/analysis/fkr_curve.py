@@ -269,38 +269,50 @@ def code_language_loader(data: Any, seq_len: int, batch_size: int, seed: int = 0
     return DataLoader(LabelledWindows(ids, labels, seq_len), batch_size=batch_size)
 
 
-def fkr_curve_main(argv: Optional[Sequence[str]] = None) -> dict[str, Path]:
-    """``python cli.py fkr_curve --config RUN/config.yaml --ckpt_path CKPT [--labels code_languages]``."""
-    from ..callback import resolve_taps
-    from .cli import _memel_settings, build_from_config
+def fkr_curve_main(argv: Optional[Sequence[str]] = None, *, cli_main: Callable[..., Any]) -> dict[str, Path]:
+    """``python cli.py fkr_curve --ckpt_path CKPT [--config CONFIG] [--labels code_languages]``
+    (``cli_main``: the command line's entry point, handed in: analysis never imports the CLI)."""
+    from ..inhibition import resolve_taps
+    from ..run_record import CHECKPOINT_KEY
+    from .cli import _memel_settings, build_from_config, check_pairing
 
     parser = argparse.ArgumentParser(prog="cli.py fkr_curve", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="the run's config (e.g. RUN/config.yaml)")
-    parser.add_argument("--ckpt_path", required=True, help="a checkpoint of the config's model")
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint of the run")
+    parser.add_argument("--config", default=None, help="the run's config (default: the one saved in the checkpoint)")
     parser.add_argument("--out", default=None, help="output folder (default: <ckpt folder>/fkr_curve)")
     parser.add_argument("--labels", choices=["model", "code_languages"], default="model",
                         help="model: the validation set with the model's memel_labels(batch); code_languages: "
-                        "the code-language set tokenised with the data module's tokenizer (causal LMs)")
+                        "the code-language set tokenised with the run's tokenizer (causal LMs)")
     parser.add_argument("--taps", nargs="+", default=None, help="glob patterns (default: the model's memel_taps())")
     parser.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS))
-    parser.add_argument("--eps", type=float, default=None, help="default: the config's, else 0.01")
+    parser.add_argument("--eps", type=float, default=None, help="default: the run's, else 0.01")
     parser.add_argument("--max_batches", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=8, help="batch size of the code-language windows")
     args = parser.parse_args(argv)
 
-    model, data, raw = build_from_config(args.config)
-    settings = _memel_settings(raw)
+    if not Path(args.ckpt_path).is_file():
+        raise SystemExit(f"error: checkpoint {args.ckpt_path} does not exist")
     checkpoint = torch.load(args.ckpt_path, map_location="cpu", weights_only=False)
+    config = args.config or checkpoint.get(CHECKPOINT_KEY)
+    if config is None:
+        raise SystemExit(f"error: {args.ckpt_path} carries no config: pass --config RUN/config.yaml")
+    model, data, cli = build_from_config(config, cli_main=cli_main)
+    if args.config is not None:
+        check_pairing(cli, checkpoint, args.config, args.ckpt_path)
+    settings = _memel_settings(cli)
+    bind = getattr(data, "bind", None)
+    if callable(bind):  # e.g. GLUE: the data's task builds the model's network
+        bind(model)
     model.load_state_dict(checkpoint["state_dict"])
     taps = resolve_taps(model, args.taps or model.memel_taps())
     if args.labels == "code_languages":
-        seq_len = int(getattr(data, "seq_len", 128))
-        loader = code_language_loader(data, seq_len, args.batch_size)
+        loader = code_language_loader(data, int(getattr(data, "seq_len", 128)), args.batch_size)
         get_labels = lambda b: b["feature_labels"][:, :-1]  # noqa: E731  (the input tokens' labels)
     else:
         get_labels = getattr(model, "memel_labels", None)
         if get_labels is None:
-            raise SystemExit(f"{type(model).__name__} defines no memel_labels(batch); use --labels code_languages")
+            raise SystemExit(f"error: {type(model).__name__} defines no memel_labels(batch); "
+                             "use --labels code_languages")
         data.setup("validate")
         loader = data.val_dataloader()
     eps = args.eps if args.eps is not None else float(settings.get("eps", 0.01))
