@@ -200,3 +200,14 @@ def test_masked_nan_does_not_leak_and_a_nonfinite_batch_is_skipped():
     before = fkr.mass.clone()
     fkr.update(phi, torch.tensor([0, 1]))  # the NaN is valid: the batch is skipped
     assert torch.equal(fkr.mass, before)
+
+
+def test_variable_number_of_neurons_fills_the_first_ones():
+    """Dynamically padded taps: a batch with fewer neurons than the state merges into the first ones."""
+    fkr = FeatureFKR()
+    fkr.update(torch.ones(2, 5), torch.tensor([0, 1]))
+    fkr.update(torch.full((2, 3), 2.0), torch.tensor([1, 1]))
+    assert fkr.shape == (2, 5)
+    assert fkr.mass.tolist() == [[1.0] * 5, [5.0, 5.0, 5.0, 1.0, 1.0]]
+    false, kills = fkr.count_kills(torch.ones(2, 3, dtype=torch.bool), torch.tensor([0, 0]))
+    assert (float(false), float(kills)) == (6.0, 6.0)  # l* = 1 on the first three neurons

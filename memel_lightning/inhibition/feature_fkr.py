@@ -161,6 +161,7 @@ class FeatureFKR(nn.Module):
         else:
             f_all = f
         self._grow(c, f_all)
+        f_all = self.shape[1]  # a batch narrower than the state (dynamic padding) fills its first f
         if self.mass.device != phi.device:
             self.mass, self.count = self.mass.to(phi.device), self.count.to(phi.device)
             self.updates = self.updates.to(phi.device)
