@@ -48,7 +48,6 @@ import os
 import sysconfig
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
@@ -183,7 +182,9 @@ def code_language_documents(
     return [docs[i] for i in order]
 
 
-def _choose(lang: str, label: int, rng: np.random.Generator, n: int, max_chars: int, min_chars: int) -> list[LabelledDocument]:
+def _choose(
+    lang: str, label: int, rng: np.random.Generator, n: int, max_chars: int, min_chars: int
+) -> list[LabelledDocument]:
     for source in SOURCES[lang][0]:  # the first source with enough documents wins
         candidates = sorted(set(source()))
         out: list[LabelledDocument] = []
