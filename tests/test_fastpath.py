@@ -350,3 +350,38 @@ def test_update_and_scale_refuses_other_statistics():
     strict = RunningMoments(nonfinite="raise")
     strict.update(torch.randn(4, 3))
     assert not fused.can_update(strict)
+
+
+# ---------------------------------------------------------------- through MEmeL: impl fused == impl reference
+@pytest.mark.parametrize("labelled", [False, True])
+@pytest.mark.parametrize("selector", ["topk", "moving_threshold"])
+def test_memel_fused_and_reference_keep_the_same_state_and_outputs(selector, labelled):
+    """A stream of plain training calls (no metrics recorded: the fast path's case), with
+    and without feature labels: outputs, gradients and every buffer (moments, threshold,
+    the labelled FKR's statistics) agree between impl="fused" and impl="reference"."""
+    from memel_lightning.inhibition import MEmeL
+
+    opts = dict(selector=selector, k=1, target_ratio=0.1, late_start=2, reduce_dims=[0])
+    fast, ref = MEmeL(impl="fused", **opts), MEmeL(impl="reference", **opts)
+    g = torch.Generator().manual_seed(5)
+    for step in range(6):
+        z = torch.randn(4, 6, 10, generator=g, dtype=torch.float64) * (1 + step)
+        labels = torch.randint(0, 3, (4,), generator=g) if labelled else None
+        grad = torch.randn(z.shape, generator=g, dtype=torch.float64)
+        outs = []
+        for memel in (fast, ref):
+            zz = z.clone().requires_grad_()
+            out = memel(zz, labels=labels)
+            out.backward(grad)
+            outs.append((out.detach(), zz.grad))
+        # the same values replaced (exactly), by the same float32 running means (up to
+        # the rounding of a fused multiply-add in the merge)
+        assert torch.equal(outs[0][0] != z, outs[1][0] != z), step
+        assert (outs[1][0] != z).any() == (step >= 2)
+        torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(outs[0][1], outs[1][1], rtol=0, atol=1e-12)
+    state_fast, state_ref = fast.state_dict(), ref.state_dict()
+    assert state_fast.keys() == state_ref.keys()
+    for key, value in state_ref.items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(state_fast[key], value, rtol=1e-5, atol=1e-6, msg=key)

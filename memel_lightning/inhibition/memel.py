@@ -279,10 +279,11 @@ class MEmeL(nn.Module):
             scored_mask = seen.expand_as(z2) if m2 is None else m2 & seen
 
         # docs/performance.md: the fast path fuses scoring, selection and inhibition; a
-        # step that records metrics (or a phi histogram) takes the reference path, which
-        # has phi at hand for them.
+        # step that records metrics (or a phi histogram), and a labelled training call
+        # (the labelled FKR's statistics merge phi every call), take the reference path,
+        # which has phi at hand for them.
         recording = training and self._in_step and (self._recording or self._histogram is not None)
-        fast = self.config.impl == "fused" and not recording
+        fast = self.config.impl == "fused" and not recording and not (training and labels is not None)
         scaled = None
         phi = None
         if training:
