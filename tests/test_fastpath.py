@@ -281,7 +281,7 @@ def test_compile_mode_is_validated(monkeypatch):
 def test_compiled_kernels_match_eager(monkeypatch):
     """The inductor-compiled kernels (C++ on CPU) give the eager kernels' values."""
     monkeypatch.setenv(fused.COMPILE_ENV, "always")
-    for kernel in (fused.MOMENTS, fused.REPLACE, fused.GRAD_SCALE, fused.SELECT):
+    for kernel in (fused.MOMENTS, fused.REPLACE, fused.GRAD_SCALE, fused.SELECT, fused.UPDATE_SCALE):
         kernel.failed = False
     z, mu, denom, _ = data(n=16, f=40, seed=9, dtype=torch.float32)
     grad = torch.randn(z.shape, generator=torch.Generator().manual_seed(4))
@@ -300,7 +300,24 @@ def test_compiled_kernels_match_eager(monkeypatch):
     n_ref, mean_ref, m2_ref = batch_moments(z)
     torch.testing.assert_close(mean, mean_ref)
     torch.testing.assert_close(m2, m2_ref)
-    assert not any(k.failed for k in (fused.MOMENTS, fused.REPLACE, fused.GRAD_SCALE, fused.SELECT))
+    # the compiled statistics update against RunningMoments + scale_parameters
+    from memel_lightning.inhibition.moments import RunningMoments
+    from memel_lightning.inhibition.scale import scale_parameters
+
+    ref, fast = RunningMoments(forget_steps=2), RunningMoments(forget_steps=2)
+    ref.update(z)
+    fast.update(z)
+    assert fused.can_update(fast, z.numel())  # compiled in this mode, whatever the size
+    for step in range(4):
+        x = z * (step + 2) + step
+        ref.update(x)
+        mu, denom = fused.update_and_scale(fast, x, None, 0.01)
+        torch.testing.assert_close(mu, ref.mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fast.var, ref.var, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(denom, scale_parameters(ref, z.shape[1], 0.01)[1], rtol=1e-5, atol=1e-5)
+        assert torch.equal(fast.count, ref.count) and torch.equal(fast.steps, ref.steps)
+    assert fused.UPDATE_SCALE._compiled is not None
+    assert not any(k.failed for k in (fused.MOMENTS, fused.REPLACE, fused.GRAD_SCALE, fused.SELECT, fused.UPDATE_SCALE))
     assert fused.REPLACE._compiled is not None
 
 
@@ -355,12 +372,14 @@ def test_update_and_scale_refuses_other_statistics():
 # ---------------------------------------------------------------- through MEmeL: impl fused == impl reference
 @pytest.mark.parametrize("labelled", [False, True])
 @pytest.mark.parametrize("selector", ["topk", "moving_threshold"])
-def test_memel_fused_and_reference_keep_the_same_state_and_outputs(selector, labelled):
+def test_memel_fused_and_reference_keep_the_same_state_and_outputs(selector, labelled, monkeypatch):
     """A stream of plain training calls (no metrics recorded: the fast path's case), with
     and without feature labels: outputs, gradients and every buffer (moments, threshold,
     the labelled FKR's statistics) agree between impl="fused" and impl="reference"."""
     from memel_lightning.inhibition import MEmeL
 
+    monkeypatch.setenv(fused.COMPILE_ENV, "never")  # the fast path at this small size, eager kernels
+    assert fused.pays(10)
     opts = dict(selector=selector, k=1, target_ratio=0.1, late_start=2, reduce_dims=[0])
     fast, ref = MEmeL(impl="fused", **opts), MEmeL(impl="reference", **opts)
     g = torch.Generator().manual_seed(5)

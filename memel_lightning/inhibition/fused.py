@@ -19,10 +19,10 @@ extra memory in a network; see docs/performance.md).
 
 The kernels are plain PyTorch functions compiled with ``torch.compile`` (inductor
 generates one C++/OpenMP or Triton kernel per pass) when the tensor is large enough
-for compilation to pay off (:data:`COMPILE_MIN_NUMEL`, or ``MEMEL_FUSED_COMPILE``:
-``always`` / ``never`` / ``auto``); otherwise, or if compilation fails (no C++
-compiler), the same functions run eagerly: fewer operators than the reference, same
-values. Values agree with the reference up to float rounding (tests/test_fastpath.py
+for compilation to pay off (:data:`COMPILE_MIN_NUMEL`; smaller calls take the
+reference path, see :func:`pays`), or at every size with ``MEMEL_FUSED_COMPILE=always``;
+``never`` runs the same functions eagerly at every size, as does a machine where
+compilation fails (no C++ compiler; a warning, once). Values agree with the reference up to float rounding (tests/test_fastpath.py
 compares both in float64 and low precision).
 
 Example:
@@ -187,6 +187,8 @@ def k_select(z: Tensor, mu: Tensor, rdenom: Tensor, mask: Optional[Tensor], thre
 def k_grad_scale(grad: Tensor, sel: Tensor, g: float) -> Tensor:
     """``where(sel, g * grad, grad)`` as ``(grad - t) + g * t`` with ``t = grad * sel``:
     exact for finite gradients (a 0/1 product), and fast to vectorise."""
+    if not torch.compiler.is_compiling():  # eager (small tensors): two operators
+        return torch.where(sel.view(torch.bool), grad * g, grad)
     t = grad * sel.to(grad.dtype)
     return (grad - t) + t * g if g != 0.0 else grad - t
 
@@ -207,6 +209,16 @@ def compile_mode() -> str:
     if mode not in ("auto", "always", "never"):
         raise ValueError(f"{COMPILE_ENV} must be 'auto', 'always' or 'never', got {mode!r}")
     return mode
+
+
+def pays(numel: int) -> bool:
+    """Whether the fast path is worth taking for a call on ``numel`` values.
+
+    ``auto``: from :data:`COMPILE_MIN_NUMEL` values on (below it a step is its fixed
+    cost, and the reference path's few eager operators cost less than the fast path's
+    bookkeeping); ``always`` / ``never`` (compiled / eager kernels): at every size.
+    """
+    return compile_mode() != "auto" or numel >= COMPILE_MIN_NUMEL
 
 
 def _has_fake(args: tuple) -> bool:
@@ -237,9 +249,13 @@ class Kernel:
         self._compiled: Optional[Callable] = None
         self.failed = False
 
-    def __call__(self, *args, numel: int = 0, **kwargs):
+    def compiles(self, numel: int) -> bool:
+        """Whether a call on ``numel`` values would run the compiled kernel."""
         mode = compile_mode()
-        use = not self.failed and (mode == "always" or (mode == "auto" and numel >= COMPILE_MIN_NUMEL))
+        return not self.failed and (mode == "always" or (mode == "auto" and numel >= COMPILE_MIN_NUMEL))
+
+    def __call__(self, *args, numel: int = 0, **kwargs):
+        use = self.compiles(numel)
         # Inside a traced graph the eager ops are traced (fused by the outer compiler);
         # fake tensors (shape-only runs, e.g. benchmarks/memory.py) need no kernel.
         if use and not torch.compiler.is_compiling() and not _has_fake(args):
@@ -281,12 +297,16 @@ def batch_moments(x: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Ten
     return MOMENTS_MASKED(x, mask, numel=numel)
 
 
-def can_update(moments) -> bool:
+def can_update(moments, numel: Optional[int] = None) -> bool:
     """Whether :func:`update_and_scale` handles these statistics: initialised, fixed size,
-    ``nonfinite="skip"`` and no cross-rank reduction (otherwise ``RunningMoments.update``)."""
+    ``nonfinite="skip"``, no cross-rank reduction, and (given ``numel``, the batch's
+    values) a batch its kernel is compiled for: eagerly, ``RunningMoments.update`` and
+    ``scale_parameters`` run fewer operators."""
     import torch.distributed as dist
 
     distributed = moments.sync_dist and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if numel is not None and not UPDATE_SCALE.compiles(numel):
+        return False
     return moments.initialized and not moments.variable_size and moments.nonfinite == "skip" and not distributed
 
 

@@ -279,11 +279,12 @@ class MEmeL(nn.Module):
             scored_mask = seen.expand_as(z2) if m2 is None else m2 & seen
 
         # docs/performance.md: the fast path fuses scoring, selection and inhibition; a
-        # step that records metrics (or a phi histogram), and a labelled training call
-        # (the labelled FKR's statistics merge phi every call), take the reference path,
-        # which has phi at hand for them.
+        # step that records metrics (or a phi histogram), a labelled training call (the
+        # labelled FKR's statistics merge phi every call) and a small call (fused.pays)
+        # take the reference path.
         recording = training and self._in_step and (self._recording or self._histogram is not None)
-        fast = self.config.impl == "fused" and not recording and not (training and labels is not None)
+        fast = (self.config.impl == "fused" and fused.pays(z.numel()) and not recording
+                and not (training and labels is not None))
         scaled = None
         phi = None
         if training:
@@ -291,7 +292,7 @@ class MEmeL(nn.Module):
                 phi = monosemantic_scale(x, self.moments, self.config.eps)
             inhibit = self._inhibit_step  # docs/method.md §4.0: late_start counts steps (batches)
             # docs/method.md §2: one statistics update per call (fast path: fused, with §3's denominator)
-            if fast and fused.can_update(self.moments):
+            if fast and fused.can_update(self.moments, x.numel()):
                 scaled = fused.update_and_scale(self.moments, x, m2, self.config.eps)
             else:
                 self.moments.update(x, m2, fused.batch_moments(x, m2) if fast else None)
