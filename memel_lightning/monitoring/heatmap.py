@@ -65,6 +65,4 @@ def _edges(steps: list[int]) -> np.ndarray:
 def _colormap():
     from matplotlib import colormaps
 
-    cmap = colormaps["viridis"].copy()
-    cmap.set_bad("#d0d0d0")
-    return cmap
+    return colormaps["viridis"].with_extremes(bad="#d0d0d0")
