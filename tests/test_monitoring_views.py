@@ -134,6 +134,23 @@ def test_phi_histogram_and_frames_validate_input():
     assert img.ndim == 3 and img.shape[1] > img.shape[0]  # rows of frames, time left to right
 
 
+def test_memel_hparams_show_the_settings_that_matter():
+    from memel_lightning.monitoring.hparams import final_metric_tags
+
+    base = {"selector": "topk", "k": 1, "target_ratio": 0.02, "strategy": "reverse", "delta": 1.0,
+            "late_start": 10, "tau": None, "reg_lambda": 1e-3, "eps": 0.01}
+    assert memel_hparams(base, ["b0"]) == {
+        "memel/selector": "topk", "memel/k": 1, "memel/target_ratio": 0.02, "memel/strategy": "reverse",
+        "memel/delta": 1.0, "memel/late_start": 10, "memel/taps": "b0"}
+    reg = memel_hparams(base | {"selector": "threshold", "tau": 9.0, "strategy": "regularize"}, ["b0"])
+    assert reg["memel/tau"] == 9.0 and reg["memel/reg_lambda"] == 1e-3 and "memel/eps" not in reg
+    logged = ["train_loss", "val_loss", "val_acc", "memel/kill_concentration", "memel/fkr", "memel/mono_ratio",
+              "memel/b1/mono_ratio", "memel/b0/mono_ratio", "memel/b0/phi_max"]
+    assert final_metric_tags(logged, ["b0", "b1"]) == [
+        "val_acc", "val_loss", "memel/mono_ratio", "memel/fkr", "memel/b0/mono_ratio", "memel/b1/mono_ratio",
+        "memel/kill_concentration"]
+
+
 # ---------------------------------------------------------------------- dashboard -> event file
 def test_dashboard_writes_layout_images_histograms_and_hparams(tmp_path):
     labels = {"m.blocks.0": "blocks.0", "m.blocks.1": "blocks.1"}
@@ -172,7 +189,7 @@ def test_dashboard_writes_layout_images_histograms_and_hparams(tmp_path):
     assert [s for s, _ in images(acc, "memel/phi_histogram")] == [50]
     assert acc.Tags()["histograms"] == ["memel/blocks.0/log10_phi"]
     values, metric_tags = hparams(acc)
-    assert values == {"memel/selector": "topk", "memel/k": 1.0, "memel/taps": "blocks.0,blocks.1", "memel/n_taps": 2.0}
+    assert values == {"memel/selector": "topk", "memel/k": 1.0, "memel/taps": "blocks.0,blocks.1"}
     assert metric_tags == ["val_acc", "memel/blocks.0/mono_ratio"]
     assert "hp_metric" not in acc.Tags()["scalars"]
 

@@ -6,26 +6,29 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 Value = Union[int, float, str, bool]
 
-# The MEmeL settings shown as HParams columns (docs/method.md §3-§5), when the config has them.
-MEMEL_SETTINGS = (
-    "selector", "k", "tau", "target_ratio", "strategy", "delta", "reg_lambda", "reg_form",
-    "forget_steps", "late_start", "tau_report",
-)
+# The MEmeL settings shown as HParams columns (docs/method.md §3-§5). TensorBoard shows
+# the first five (alphabetically) at first: delta, k, late_start, selector, strategy.
+MEMEL_SETTINGS = ("selector", "k", "target_ratio", "strategy", "delta", "late_start")
+# Shown only where they matter: a fixed threshold, the regulariser's weight and form.
+CONDITIONAL = {"tau": lambda c: c.get("tau") is not None,
+               "reg_lambda": lambda c: c.get("strategy") == "regularize",
+               "reg_form": lambda c: c.get("strategy") == "regularize"}
 
 
 def memel_hparams(config: Any, labels: Sequence[str]) -> dict[str, Value]:
-    """``{"memel/<setting>": value}`` for :data:`MEMEL_SETTINGS` plus ``memel/taps``
-    (the tap labels, comma separated) and ``memel/n_taps``. ``config``: an
-    ``MEmeLConfig`` (any dataclass) or a mapping of its fields.
+    """``{"memel/<setting>": value}`` for :data:`MEMEL_SETTINGS` (plus ``tau`` when set,
+    ``reg_lambda``/``reg_form`` for the regulariser) and ``memel/taps``, the tap labels
+    comma separated. ``config``: an ``MEmeLConfig`` (any dataclass) or a mapping.
 
     Example:
-        >>> memel_hparams({"selector": "topk", "k": 1, "tau": None}, ["blocks.0", "blocks.1"])
-        {'memel/selector': 'topk', 'memel/k': 1, 'memel/tau': 'None', 'memel/taps': 'blocks.0,blocks.1', 'memel/n_taps': 2}
+        >>> memel_hparams({"selector": "topk", "k": 1, "tau": None, "strategy": "reverse"}, ["blocks.0", "blocks.1"])
+        {'memel/selector': 'topk', 'memel/k': 1, 'memel/strategy': 'reverse', 'memel/taps': 'blocks.0,blocks.1'}
     """
     fields = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-    out = {f"memel/{name}": _value(fields[name]) for name in MEMEL_SETTINGS if name in fields}
+    names = [n for n in MEMEL_SETTINGS if n in fields]
+    names += [n for n, shown in CONDITIONAL.items() if n in fields and shown(fields)]
+    out = {f"memel/{name}": _value(fields[name]) for name in names}
     out["memel/taps"] = ",".join(labels)
-    out["memel/n_taps"] = len(labels)
     return out
 
 
@@ -48,8 +51,9 @@ def flat_hparams(params: Optional[Mapping[str, Any]], prefix: str = "") -> dict[
 
 def final_metric_tags(logged: Iterable[str], labels: Sequence[str], prefix: str = "memel") -> list[str]:
     """The logged tags HParams shows as the run's final metrics (their last value):
-    the task's validation metrics (``val...``), the overall and per-tap ``mono_ratio``,
-    ``fkr`` and ``kill_concentration``.
+    the task's validation metrics (``val...``), the overall ``mono_ratio`` and ``fkr``,
+    the per-tap ``mono_ratio`` and ``kill_concentration``, in that order (TensorBoard
+    shows the first five at first).
 
     Example:
         >>> final_metric_tags(["val_acc", "train_loss", "memel/mono_ratio", "memel/b0/mono_ratio"], ["b0"])
@@ -57,8 +61,9 @@ def final_metric_tags(logged: Iterable[str], labels: Sequence[str], prefix: str 
     """
     logged = set(logged)
     wanted = sorted(t for t in logged if t.startswith("val"))
-    wanted += [f"{prefix}/mono_ratio", f"{prefix}/fkr", f"{prefix}/kill_concentration"]
+    wanted += [f"{prefix}/mono_ratio", f"{prefix}/fkr"]
     wanted += [f"{prefix}/{label}/mono_ratio" for label in labels]
+    wanted += [f"{prefix}/kill_concentration"]
     return [t for t in wanted if t in logged]
 
 
