@@ -18,7 +18,7 @@ from memel_lightning.monitoring import (
 from memel_lightning.monitoring.phi_histogram import log10_phi
 from tb_views import accumulator, hparams, images, layout
 
-MODULES = ["labels", "layout", "history", "figure", "heatmap", "phi_histogram", "frames", "hparams", "dashboard"]
+MODULES = ["labels", "layout", "history", "figure", "heatmap", "phi_histogram", "frames", "hparams", "dashboard", "lightning_board"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -8,11 +8,12 @@ from .heatmap import step_heatmap
 from .history import StepHistory
 from .hparams import final_metric_tags, flat_hparams, memel_hparams, write_hparams
 from .labels import short_labels
+from .lightning_board import TrainerBoard
 from .layout import MEMEL_CHARTS, memel_layout
 from .phi_histogram import log10_phi, phi_histogram_image
 
 __all__ = [
-    "Dashboard", "MEMEL_CHARTS", "StepHistory", "final_metric_tags", "flat_hparams", "log10_phi",
+    "Dashboard", "MEMEL_CHARTS", "StepHistory", "TrainerBoard", "final_metric_tags", "flat_hparams", "log10_phi",
     "memel_hparams", "memel_layout", "nowcast_frames_image", "phi_histogram_image", "short_labels",
     "step_heatmap", "write_hparams",
 ]

@@ -59,7 +59,7 @@ class Dashboard:
         self.mono = StepHistory(len(self.taps), max_columns)
         self.kills: Optional[StepHistory] = None  # sized at the first record (neurons unknown before)
         self._max_columns = max_columns
-        self._last_image_step: Optional[int] = None
+        self.last_image_step: Optional[int] = None
 
     def _tap_named(self, name: str) -> str:
         for tap, label in self.labels.items():
@@ -92,7 +92,7 @@ class Dashboard:
         """True every ``image_every_n_steps`` steps once something is recorded."""
         if not len(self.mono):
             return False
-        return self._last_image_step is None or step - self._last_image_step >= self.image_every_n_steps
+        return self.last_image_step is None or step - self.last_image_step >= self.image_every_n_steps
 
     def heatmap(self) -> np.ndarray:
         return step_heatmap(self.mono.matrix(), self.mono.steps,
@@ -114,7 +114,7 @@ class Dashboard:
         kills = self.kill_map()
         if kills is not None:
             writer.add_image(KILLS_TAG, kills, step, dataformats="HWC")
-        self._last_image_step = step
+        self.last_image_step = step
         return True
 
     def write_phi(self, writer: Any, step: int, samples: Mapping[str, Tensor],
