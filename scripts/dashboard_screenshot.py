@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 # HParams table needs width for its settings and metric columns.
 TABS = {
     "custom_scalars": ("#custom_scalars&_smoothingWeight=0", "1100,760", 2),
-    "images": ("#images&tagFilter=memel%2F(heatmap%7Cphi_histogram)", "1100,760", 2),
+    "images": ("#images", "1100,640", 2),
     "hparams": ("#hparams", "2300,330", 1),
 }
 MAX_BYTES = 300_000

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Optional
 
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from .dashboard import Dashboard
-from .hparams import flat_hparams, memel_hparams
+from .hparams import memel_hparams
 from .layout import MEMEL_CHARTS
 
 
@@ -40,6 +40,7 @@ class TrainerBoard:
         self.charts: tuple[str, ...] = MEMEL_CHARTS
         self._task_tags: tuple[str, ...] = ()
         self._last_step: Optional[int] = None
+        self.logged: set[str] = set()  # MEmeL tags logged so far (the callback logs them itself)
 
     @staticmethod
     def writers(trainer: Trainer) -> list[Any]:
@@ -72,7 +73,9 @@ class TrainerBoard:
         for writer in self.writers(trainer):
             self.dashboard.write_layout(writer, self.charts, self._task_tags)
 
-    def step(self, trainer: Trainer, step: int, metrics: Mapping[str, Any]) -> None:
+    def step(self, trainer: Trainer, step: int, metrics: Mapping[str, Any], logged_tags: Iterable[str] = ()) -> None:
+        """A recorded step: its ``TapSet.end_step`` result and the tags it was logged under."""
+        self.logged.update(logged_tags)
         self.dashboard.record(step, metrics)
         self._last_step = step
         if self.dashboard.images_due(step):
@@ -84,18 +87,15 @@ class TrainerBoard:
         for writer in self.writers(trainer):
             self.dashboard.write_phi(writer, step, samples, metrics, title)
 
-    def finish(self, trainer: Trainer, pl_module: LightningModule) -> list[str]:
-        """Final heatmap and HParams (the settings with the final metrics); the metric tags."""
+    def finish(self, trainer: Trainer) -> list[str]:
+        """Final heatmap and HParams (the MEmeL settings with the final metrics); the
+        metric tags. The module's own hyperparameters stay in Lightning's hparams.yaml:
+        dozens of them would push the MEmeL columns out of TensorBoard's first view."""
         tags: list[str] = []
-        for writer, logger in zip(self.writers(trainer), _tensorboard_loggers(trainer)):
-            step = self._last_step if self._last_step is not None else 0
+        step = self._last_step if self._last_step is not None else 0
+        params = memel_hparams(self.settings, list(self.dashboard.labels.values()))
+        for writer in self.writers(trainer):
             if self.dashboard.last_image_step != step:
                 self.dashboard.write_images(writer, step)
-            params = flat_hparams(dict(logger.hparams)) if logger.hparams else flat_hparams(dict(pl_module.hparams))
-            params.update(memel_hparams(self.settings, list(self.dashboard.labels.values())))
-            tags = self.dashboard.write_hparams(writer, step, params, trainer.logged_metrics)
+            tags = self.dashboard.write_hparams(writer, step, params, set(trainer.logged_metrics) | self.logged)
         return tags
-
-
-def _tensorboard_loggers(trainer: Trainer) -> list[TensorBoardLogger]:
-    return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
