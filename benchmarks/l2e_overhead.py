@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from memel_lightning.inhibition import MEmeL  # noqa: E402
+from memel_lightning.inhibition import MEmeL, attach  # noqa: E402
 from memel_lightning.models.causal_lm import gpt_neox_config  # noqa: E402
 
 VARIANTS = {
@@ -61,25 +61,24 @@ class Harness:
                                      foreach=True)
         self.device = device
         self.ids = torch.randint(0, config.vocab_size, (batch, seq + 1), device=device)
-        self.acts = [layer.mlp.act for layer in self.model.gpt_neox.layers]
+        self.taps = [f"gpt_neox.layers.{i}.mlp.act" for i in range(len(self.model.gpt_neox.layers))]
+        # calls outside begin_step/end_step: each a step of its own without metrics, as the
+        # callback's non-logging steps
         self.memels = {
-            name: [MEmeL(name=f"layer{i}", **kw).to(device) for i in range(len(self.acts))]
+            name: {tap: MEmeL(name=tap, **kw).to(device) for tap in self.taps}
             for name, kw in VARIANTS.items() if kw is not None
         }
-        for memels in self.memels.values():
-            for m in memels:
-                m.record_metrics = False
-        self.handles: list = []
+        self.tapset = None
         # process CPU time (all threads) is far less sensitive than wall time to other jobs on a shared CPU
         self.clock = time.process_time if clock == "process" else time.perf_counter
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
     def use(self, variant: str) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
-        for act, memel in zip(self.acts, self.memels.get(variant, [])):
-            self.handles.append(act.register_forward_hook(lambda mod, args, out, memel=memel: memel(out)))
+        if self.tapset is not None:
+            self.tapset.remove()
+            self.tapset = None
+        if variant in self.memels:
+            self.tapset = attach(self.model, self.taps, self.memels[variant].__getitem__)
 
     def step(self) -> float:
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)

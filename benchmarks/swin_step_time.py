@@ -3,8 +3,8 @@
     python benchmarks/swin_step_time.py                      # GPU if present: Swin-T, batch 128, 224x224, bf16
     python benchmarks/swin_step_time.py --tiny --batch-size 32   # CPU-sized: the quickstart's tiny Swin on 32x32
 
-A step is forward + loss + backward + AdamW step on a fixed random batch. The callback is
-installed on the default taps (SPEC section 6: stage 3, blocks d/2-2 .. d/2+1) with the
+A step is forward + loss + backward + AdamW step on a fixed random batch. MEmeL is
+installed on the default taps (stage 3, blocks d/2-2 .. d/2+1: ImageClassifier.memel_taps) with the
 paper's settings (top-1, reverse deactivation) past its late start, and is switched on and
 off between rounds (interleaved, so drifting machine load hits both sides alike); the
 reported figure is the median over rounds of the per-round mean step time.
@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from memel_lightning import MEmeLCallback
+from memel_lightning.inhibition import MEmeL, MEmeLConfig, attach
 from memel_lightning.models import ImageClassifier
 
 TINY = dict(embed_dim=16, depths=(2, 2, 4, 2), num_heads=(1, 2, 4, 8), img_size=32, patch_size=2, window_size=4, in_chans=1)
@@ -49,13 +49,14 @@ def main() -> None:
     dtype = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[args.precision]
     scaler = torch.amp.GradScaler(enabled=args.precision == "16")
 
-    callback = MEmeLCallback(taps="default", memel=dict(selector="topk", k=1, strategy="reverse", late_start=10))
-    callback.setup(None, module, "fit")  # builds one MEmeL per tap and installs the hooks
-    for memel in callback.memels.values():
-        memel.record_metrics = False  # as on the callback's non-logging steps
+    config = MEmeLConfig(selector="topk", k=1, strategy="reverse", late_start=10)
+    memels = {name: MEmeL(config, name=name).to(device) for name in module.memel_taps()}
+    taps = attach(module, module.memel_taps(), memels.__getitem__)  # as MEmeLCallback installs them
     module.train()
 
     def step() -> None:
+        # as the callback's non-logging steps: a step without metrics (forward outside
+        # begin_step/end_step is a step of its own, no metrics)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = F.cross_entropy(module(x).float(), y)
         scaler.scale(loss).backward()
@@ -69,27 +70,27 @@ def main() -> None:
 
     for _ in range(12):  # past MEmeL's late start (10) and the first-step allocations
         step()
-    callback._remove_hooks()
+    taps.remove()
     step()
     times: dict[bool, list[float]] = {True: [], False: []}
     for r in range(2 * args.rounds):
         on = r % 2 == 0
         if on:
-            callback._install(module)
+            taps = attach(module, module.memel_taps(), memels.__getitem__)  # the same MEmeLs again
         else:
-            callback._remove_hooks()
+            taps.remove()
         sync()
         t0 = time.perf_counter()
         for _ in range(args.steps):
             step()
         sync()
         times[on].append((time.perf_counter() - t0) / args.steps)
-    callback._remove_hooks()
+    taps.remove()
     with_cb, without = statistics.median(times[True]), statistics.median(times[False])
     name = "tiny Swin (quickstart)" if args.tiny else args.model
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'} ({torch.get_num_threads()} threads)")
     print(f"model: {name}, batch {args.batch_size}, input {chans}x{size}x{size}, precision {args.precision}")
-    print(f"taps: {callback.tap_names}")
+    print(f"taps: {taps.names}")
     print(f"step time without MEmeL: {without * 1000:.1f} ms (rounds: {[round(t * 1000, 1) for t in times[False]]})")
     print(f"step time with MEmeL:    {with_cb * 1000:.1f} ms (rounds: {[round(t * 1000, 1) for t in times[True]]})")
     print(f"ratio with/without: {with_cb / without:.3f}  (overhead {100 * (with_cb / without - 1):+.1f} %)")

@@ -6,13 +6,30 @@ The layout follows the architecture: ``inhibition`` (plain PyTorch core) ->
 from importlib import import_module
 from typing import Any
 
-from .inhibition import MEmeL, MovingThreshold, RunningMoments, Threshold, TopK, monosemantic_scale
+from .inhibition import (
+    MEmeL,
+    MEmeLConfig,
+    MEmeLConfigError,
+    MovingThreshold,
+    RunningMoments,
+    TapLayout,
+    TapSet,
+    Threshold,
+    TopK,
+    attach,
+    monosemantic_scale,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MEmeL",
+    "MEmeLConfig",
+    "MEmeLConfigError",
     "MEmeLCallback",
+    "TapLayout",
+    "TapSet",
+    "attach",
     "RunningMoments",
     "monosemantic_scale",
     "TopK",

@@ -1,49 +1,21 @@
 """MEmeLCallback: install the inhibition core on any LightningModule by layer name."""
 from __future__ import annotations
 
-import difflib
-import fnmatch
-import warnings
-from typing import Any, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from .inhibition import MEmeL, Regularize
+from .inhibition import MEmeL, MEmeLConfig, MEmeLConfigError, TapSet, attach
+from .inhibition import TapNotFoundError, resolve_taps  # noqa: F401  (re-exported: older imports)
+from .inhibition.memel import PHI_SAMPLE
+from .inhibition.metrics import METRICS
 
-PER_TAP = ("selected_frac", "mono_ratio", "phi_mean", "phi_max", "fkr", "reg_loss")
-
-
-class TapNotFoundError(ValueError):
-    """A tap pattern matched no module of the model."""
-
-
-def resolve_taps(model: nn.Module, patterns: Sequence[str]) -> list[str]:
-    """Module names matched by glob ``patterns`` (``fnmatch``), in the model's order.
-
-    Every pattern must match at least one module; otherwise the error lists the
-    nearest module names.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
-        >>> resolve_taps(net, ["1", "2"])
-        ['1', '2']
-    """
-    names = [name for name, _ in model.named_modules() if name]
-    found: list[str] = []
-    for pattern in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-        if not hits:
-            close = difflib.get_close_matches(pattern, names, n=5, cutoff=0.3) or names[:5]
-            raise TapNotFoundError(
-                f"tap pattern {pattern!r} matches no module of {type(model).__name__}; "
-                f"nearest module names: {close}"
-            )
-        found.extend(h for h in hits if h not in found)
-    order = {n: i for i, n in enumerate(names)}
-    return sorted(found, key=order.__getitem__)
+STATE_VERSION = 2
 
 
 def default_taps(pl_module: nn.Module) -> list[str]:
@@ -60,28 +32,53 @@ def default_taps(pl_module: nn.Module) -> list[str]:
     return list(taps)
 
 
+def as_config(memel: Union[MEmeLConfig, Mapping[str, Any], None]) -> MEmeLConfig:
+    """A :class:`MEmeLConfig` from a config or a plain dict of its fields."""
+    if memel is None:
+        return MEmeLConfig()
+    if isinstance(memel, MEmeLConfig):
+        return memel
+    if isinstance(memel, Mapping):
+        return MEmeLConfig().replace(**dict(memel))
+    raise MEmeLConfigError(f"memel must be a MEmeLConfig or a mapping of its settings, got {type(memel).__name__}")
+
+
 class MEmeLCallback(Callback):
     r"""Monosemantic neuron inhibition (MEmeL / L2E) on any LightningModule.
 
     For every module matched by ``taps`` (glob patterns over ``named_modules()``, or
     ``"default"`` to use the LightningModule's ``memel_taps()``) one
-    :class:`~memel_lightning.inhibition.MEmeL`, built from the ``memel`` keyword
-    arguments, is attached with a forward hook that replaces the module's output (the
-    first element of a tuple output, such as a Hugging Face block's). A module called
-    several times per batch (a recurrent cell over time steps) shares one MEmeL.
+    :class:`~memel_lightning.inhibition.MEmeL` with the settings ``memel``
+    (:class:`~memel_lightning.inhibition.MEmeLConfig`) is attached
+    (:func:`~memel_lightning.inhibition.attach`): its forward hook replaces the module's
+    output (the first element of a tuple output). A module called several times per
+    batch (a recurrent cell) shares one MEmeL, and the step's metrics cover all calls.
 
-    Padding: if the LightningModule defines ``memel_mask(batch)``, its result (bool or
-    0/1, shape a prefix of each tap's output, e.g. ``(B, L)``) is passed to every tap
-    for that batch, so padding is never in the statistics nor selected.
+    The callback only schedules and logs. Every training batch is one MEmeL step
+    (``TapSet.begin_step`` / ``end_step``): ``late_start`` counts training batches.
+    Per batch the LightningModule may give ``memel_mask(batch)`` (bool or 0/1, shape a
+    prefix of each tap's output, e.g. ``(B, L)``: padding is never in the statistics nor
+    selected) and ``memel_labels(batch)`` (one label per item, for the labelled metrics).
+    After a recorded step it calls ``memel_step_end(metrics)`` if the module defines it,
+    with the step's ``{"<tap>/<key>": tensor}`` (e.g. ``"encoder/kills_per_neuron"``).
 
-    Logs (on rank zero, every ``log_every_n_steps`` training batches) the SPEC section 8
-    metrics as ``memel/<tap>/<metric>`` plus ``memel/mono_ratio`` and ``memel/fkr`` over
-    all taps (weighted by neurons and kills), and a histogram of phi every
-    ``hist_every_n_steps`` (TensorBoard loggers). With ``sync_stats`` the batch
-    moments are all-reduced across DDP ranks, so all ranks hold the statistics of the
-    global batch. The statistics are saved in the checkpoint and restored on resume.
-    Hooks are removed at teardown: afterwards the model computes what it would
-    without the callback.
+    Every ``log_every_n_steps`` training batches (default: the trainer's
+    ``log_every_n_steps``; the first batch is logged) it logs the metrics of
+    docs/method.md §6 as ``memel/<tap>/<metric>`` plus ``memel/mono_ratio`` and
+    ``memel/kill_concentration`` over all taps, to the trainer's loggers (rank zero, at
+    ``trainer.global_step``) and into ``trainer.callback_metrics`` (so
+    ``ModelCheckpoint(monitor="memel/mono_ratio")`` works), and a histogram of phi every
+    ``hist_every_n_steps`` (TensorBoard). With ``sync_stats`` the batch moments are
+    all-reduced across DDP ranks and the logged metrics are those of the global batch
+    (one collective per logged step). The statistics are saved in the checkpoint and
+    restored on resume. Hooks are removed at teardown.
+
+    Args:
+        taps: glob patterns over the module names, or ``default`` (the module's ``memel_taps()``).
+        memel: the settings of every tap (:class:`~memel_lightning.inhibition.MEmeLConfig`).
+        log_every_n_steps: training batches between logged steps; default: the trainer's.
+        hist_every_n_steps: training batches between phi histograms (TensorBoard).
+        sync_stats: all-reduce statistics and metric states across data-parallel ranks.
 
     Example (YAML for LightningCLI)::
 
@@ -96,31 +93,43 @@ class MEmeLCallback(Callback):
     def __init__(
         self,
         taps: Union[str, Sequence[str]] = "default",
-        memel: Optional[Mapping[str, Any]] = None,
-        log_every_n_steps: int = 50,
+        memel: MEmeLConfig = MEmeLConfig(),
+        log_every_n_steps: Optional[int] = None,
         hist_every_n_steps: int = 500,
         sync_stats: bool = True,
     ) -> None:
         super().__init__()
-        if log_every_n_steps < 1 or hist_every_n_steps < 1:
-            raise ValueError("log_every_n_steps and hist_every_n_steps must be >= 1")
+        if log_every_n_steps is not None and log_every_n_steps < 1:
+            raise ValueError(f"log_every_n_steps must be >= 1 (or None: the trainer's), got {log_every_n_steps}")
+        if hist_every_n_steps < 1:
+            raise ValueError(f"hist_every_n_steps must be >= 1, got {hist_every_n_steps}")
         self.taps = taps if isinstance(taps, str) else list(taps)
-        self.memel_kwargs = dict(memel or {})
-        MEmeL(**self.memel_kwargs)  # fail now, not at the first batch, on a bad option
-        self.log_every_n_steps = int(log_every_n_steps)
+        self.memel = as_config(memel)
+        self._log_every = log_every_n_steps
         self.hist_every_n_steps = int(hist_every_n_steps)
         self.sync_stats = bool(sync_stats)
         self.memels = nn.ModuleDict()  # keys: tap names with '.' replaced (ModuleDict forbids dots)
         self.tap_names: list[str] = []
-        self._handles: list[Any] = []
-        self._mask: Optional[Tensor] = None
+        self._tapset: Optional[TapSet] = None
         self._pending_state: Optional[dict[str, Any]] = None
         self._train_batches = 0
+        self._record = False
         self._skipped_seen: dict[str, int] = {}
+        self._trainer_every = 50
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(taps=str(self.taps), memel=str(sorted(self.memel_kwargs.items())))
+        return self._generate_state_key(taps=str(self.taps), memel=str(sorted(self.memel.as_dict().items())))
+
+    @property
+    def log_every_n_steps(self) -> int:
+        """Training batches between logged steps (the trainer's unless overridden)."""
+        return self._log_every if self._log_every is not None else self._trainer_every
+
+    @property
+    def train_batches(self) -> int:
+        """Training batches seen (saved in the checkpoint)."""
+        return self._train_batches
 
     # ------------------------------------------------------------------ install
     def memel_for(self, tap: str) -> MEmeL:
@@ -128,101 +137,77 @@ class MEmeLCallback(Callback):
         return self.memels[_key(tap)]
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if trainer is not None:
+            self._trainer_every = max(int(getattr(trainer, "log_every_n_steps", 50) or 50), 1)
         patterns = default_taps(pl_module) if self.taps == "default" else self.taps
-        names = resolve_taps(pl_module, patterns)
+        self._remove_hooks()
         _refuse_recomputation(pl_module)
-        if self.tap_names and names != self.tap_names:
-            raise ValueError(f"taps changed between runs: {self.tap_names} -> {names}")
-        self.tap_names = names
-        for name in names:
-            if _key(name) not in self.memels:
-                memel = MEmeL(name=name, **self.memel_kwargs)
-                memel.sync_dist = self.sync_stats
-                self.memels[_key(name)] = memel
+        tapset = attach(pl_module, patterns, self._build)
+        if self.tap_names and tapset.names != self.tap_names:
+            tapset.remove()
+            raise ValueError(f"taps changed between runs: {self.tap_names} -> {tapset.names}")
+        self.tap_names = tapset.names
+        self._tapset = tapset
         self.memels.to(pl_module.device)
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
             self._pending_state = None
-        self._install(pl_module)
 
-    def _install(self, pl_module: LightningModule) -> None:
-        self._remove_hooks()
-        modules = dict(pl_module.named_modules())
-        for name in self.tap_names:
-            self._handles.append(modules[name].register_forward_hook(self._make_hook(name)))
-
-    def _make_hook(self, name: str):
-        memel = self.memel_for(name)
-
-        def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            memel.train(module.training)
-            if isinstance(output, Tensor):
-                return memel(output, self._mask_for(output))
-            if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
-                return (memel(output[0], self._mask_for(output[0])),) + tuple(output[1:])
-            raise TypeError(
-                f"tap {name!r}: cannot inhibit an output of type {type(output).__name__}; "
-                "tap a module that returns a tensor or a tuple whose first element is one"
-            )
-
-        return hook
-
-    def _mask_for(self, z: Tensor) -> Optional[Tensor]:
-        mask = self._mask
-        if mask is None:
-            return None
-        if mask.dim() <= z.dim() and tuple(mask.shape) == tuple(z.shape[: mask.dim()]):
-            return mask
-        return None  # a tap whose output does not carry the masked axes (e.g. pooled)
+    def _build(self, name: str) -> MEmeL:
+        if _key(name) not in self.memels:  # a second setup (fit, then test) keeps the statistics
+            self.memels[_key(name)] = MEmeL(self.memel, name=name, sync_dist=self.sync_stats)
+        return self.memel_for(name)
 
     def _remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        if self._tapset is not None:
+            self._tapset.remove()
+        self._tapset = None
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._remove_hooks()
-        self._mask = None
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        for memel in self.memels.values():
+            if memel._in_step:
+                memel.close_step()
         self._remove_hooks()
 
     # ------------------------------------------------------------------ per batch
-    def _set_mask(self, pl_module: LightningModule, batch: Any) -> None:
+    def _set_inputs(self, pl_module: LightningModule, batch: Any) -> None:
+        if self._tapset is None:
+            return
         get_mask = getattr(pl_module, "memel_mask", None)
-        self._mask = get_mask(batch) if callable(get_mask) else None
+        get_labels = getattr(pl_module, "memel_labels", None)
+        self._tapset.set_inputs(
+            mask=get_mask(batch) if callable(get_mask) else None,
+            labels=get_labels(batch) if callable(get_labels) else None,
+        )
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        self._set_mask(pl_module, batch)
+        self._set_inputs(pl_module, batch)
         step = self._train_batches
-        record = step % self.log_every_n_steps == 0
+        self._record = step % self.log_every_n_steps == 0
         histogram = step % self.hist_every_n_steps == 0
-        multiplier = _loss_multiplier(trainer)
-        for memel in self.memels.values():
-            memel.record_metrics = record or histogram
-            memel.record_histogram = histogram
-            memel.last_metrics = {}
-            memel.last_kills_per_neuron = None
-            if isinstance(memel.strategy, Regularize):
-                memel.strategy.grad_multiplier = multiplier
+        self._tapset.begin_step(record=self._record, histogram=histogram, loss_scale=_loss_scale(trainer))
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        step = self._train_batches
         self._train_batches += 1
-        self._mask = None
-        if step % self.log_every_n_steps == 0:
-            self._log_metrics(trainer, pl_module)
-        if step % self.hist_every_n_steps == 0:
-            self._log_histograms(trainer)
-        for memel in self.memels.values():
-            memel.last_phi_sample = None
+        result = self._tapset.end_step()
+        self._tapset.set_inputs()
+        if not result:
+            return
+        self._warn_skipped()
+        if self._record:
+            self._log_scalars(trainer, pl_module, result)
+            hook = getattr(pl_module, "memel_step_end", None)
+            if callable(hook):
+                hook(result)
+        self._log_histograms(trainer, result)
 
     def _eval_batch_start(self, pl_module: LightningModule, batch: Any) -> None:
-        self._set_mask(pl_module, batch)
-        for memel in self.memels.values():
-            memel.record_metrics = False
+        self._set_inputs(pl_module, batch)
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self._eval_batch_start(pl_module, batch)
@@ -234,66 +219,79 @@ class MEmeLCallback(Callback):
         self._eval_batch_start(pl_module, batch)
 
     # ------------------------------------------------------------------ logging
-    def collect_metrics(self) -> dict[str, float]:
-        """The last recorded step's metrics as ``{"memel/<tap>/<name>": value}`` plus aggregates."""
-        out: dict[str, float] = {}
-        totals = {"mono_neurons": 0.0, "neurons": 0.0, "false_kills": 0.0, "kills": 0.0}
-        for name in self.tap_names:
-            memel = self.memel_for(name)
-            metrics = memel.last_metrics
-            if not metrics:
-                continue
-            values = {k: float(v) for k, v in metrics.items()}
-            for key in PER_TAP:
-                if key in values:
-                    out[f"memel/{name}/{key}"] = values[key]
-            for key in totals:
-                totals[key] += values[key]
-        if totals["neurons"] > 0:
-            out["memel/mono_ratio"] = totals["mono_neurons"] / totals["neurons"]
-            out["memel/fkr"] = totals["false_kills"] / max(totals["kills"], 1.0)
+    @staticmethod
+    def scalars(result: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The logged scalars of a ``TapSet.end_step`` result, as ``memel/<name>``."""
+        out: dict[str, Tensor] = {}
+        for key, value in result.items():
+            metric = key.rsplit("/", 1)[-1]
+            if metric in METRICS:
+                out[f"memel/{key}"] = value
         return out
 
-    def _log_metrics(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._warn_skipped()
-        if not trainer.is_global_zero or not trainer.loggers:
+    def _log_scalars(self, trainer: Trainer, pl_module: LightningModule, result: Mapping[str, Tensor]) -> None:
+        scalars = self.scalars(result)
+        if not scalars:
             return
-        metrics = self.collect_metrics()
-        if metrics:
+        values = {k: float(v) for k, v in scalars.items()}  # one host sync per logged step
+        for name, value in values.items():
+            # logger=False: the trainer's loggers get the values below, at this step;
+            # self.log puts them in trainer.callback_metrics (ModelCheckpoint, EarlyStopping)
+            pl_module.log(name, value, on_step=True, on_epoch=False, logger=False, batch_size=1)
+        if trainer.is_global_zero:
             for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
+                logger.log_metrics(values, step=trainer.global_step)
 
-    def _log_histograms(self, trainer: Trainer) -> None:
+    def _log_histograms(self, trainer: Trainer, result: Mapping[str, Tensor]) -> None:
         if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
             if not isinstance(logger, TensorBoardLogger):
                 continue
             for name in self.tap_names:
-                sample = self.memel_for(name).last_phi_sample
+                sample = result.get(f"{name}/{PHI_SAMPLE}")
                 if sample is not None and sample.numel() > 0:
                     logger.experiment.add_histogram(f"memel/{name}/phi", sample.float().cpu(), trainer.global_step)
 
     def _warn_skipped(self) -> None:
         for name in self.tap_names:
-            skipped = int(self.memel_for(name).moments.skipped)
+            skipped = int(self.memel_for(name).moments.skipped)  # the same on every rank when synced
             if skipped > self._skipped_seen.get(name, 0):
-                warnings.warn(
+                rank_zero_warn(
                     f"tap {name!r}: {skipped} batch(es) with NaN/inf activations so far; their "
                     "statistics updates were skipped",
-                    RuntimeWarning,
-                    stacklevel=2,
+                    category=RuntimeWarning,
                 )
                 self._skipped_seen[name] = skipped
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
         return {
+            "version": STATE_VERSION,
             "taps": {name: self.memel_for(name).state_dict() for name in self.tap_names},
             "train_batches": self._train_batches,
         }
 
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Lightning restores a callback's state by its state_key (taps and every memel
+        # setting) and silently skips a callback it does not find: refuse instead of
+        # resuming with fresh statistics.
+        states = checkpoint.get("callbacks") or {}
+        theirs = [str(k) for k in states if str(k).startswith(type(self).__name__)]
+        if theirs and self.state_key not in states:
+            raise ValueError(
+                f"the checkpoint holds MEmeLCallback statistics under {theirs}, not under this callback's key "
+                f"{self.state_key!r}: it was written with other taps or memel settings, or by an older version "
+                "of MEmeLCallback (whose key listed only the settings given); resume with the same settings, "
+                "or start a new run from the weights only"
+            )
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "taps" not in state_dict:
+            raise KeyError(
+                "the checkpoint's MEmeLCallback state has no 'taps' entry (keys: "
+                f"{sorted(state_dict)}); it was not written by this version of MEmeLCallback"
+            )
         if self.tap_names:
             self._apply_state(state_dict)
         else:
@@ -310,15 +308,15 @@ class MEmeLCallback(Callback):
         self._train_batches = int(state_dict.get("train_batches", 0))
 
 
-def _loss_multiplier(trainer: Trainer) -> Union[float, Tensor]:
+def _loss_scale(trainer: Trainer) -> Union[float, Tensor]:
     """The factor Lightning applies to the loss before backward: ``1 / accumulate_grad_batches``
     times the AMP GradScaler's scale (kept as a device tensor: no host sync)."""
-    multiplier: Union[float, Tensor] = 1.0 / max(int(trainer.accumulate_grad_batches), 1)
+    scale: Union[float, Tensor] = 1.0 / max(int(trainer.accumulate_grad_batches), 1)
     scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
     if scaler is not None and scaler.is_enabled():
-        scale = getattr(scaler, "_scale", None)  # None until the scaler's first use
-        multiplier = multiplier * (scale if scale is not None else scaler.get_scale())
-    return multiplier
+        amp = getattr(scaler, "_scale", None)  # None until the scaler's first use
+        scale = scale * (amp if amp is not None else scaler.get_scale())
+    return scale
 
 
 def _refuse_recomputation(pl_module: nn.Module) -> None:

@@ -1,4 +1,4 @@
-"""A direct float64 implementation of SPEC sections 2-5, written from the formulas and
+"""A direct float64 implementation of docs/method.md §2-§5, written from the formulas and
 independent of the code under test. Neurons are handled one by one so that masks
 (per-neuron sample counts) follow the definitions literally."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 
 
 class ReferenceMoments:
-    """SPEC section 2 for one tap, neuron by neuron, in float64."""
+    """docs/method.md §2 for one tap, neuron by neuron, in float64."""
 
     def __init__(self, num_neurons: int, forget_steps: int = 10) -> None:
         self.nf = forget_steps
@@ -38,7 +38,7 @@ class ReferenceMoments:
             self.c[i] += 1
 
     def phi(self, x: np.ndarray, eps: float = 0.01) -> np.ndarray:
-        """SPEC section 3: (z - mu)^2 / (v + eps * mean_k v_k) over the neurons seen."""
+        """docs/method.md §3: (z - mu)^2 / (v + eps * mean_k v_k) over the neurons seen."""
         seen = self.c > 0
         floor = eps * self.v[seen].mean()
         return (np.asarray(x, dtype=np.float64) - self.mu) ** 2 / (self.v + floor)
@@ -58,7 +58,7 @@ def reference_topk(phi: np.ndarray, k: int, mask: np.ndarray | None = None) -> n
 
 
 def reference_strategy(z: torch.Tensor, selected: torch.Tensor, mu: torch.Tensor, strategy: str, delta: float = 1.0):
-    """SPEC section 5's table written literally with detach() as sg(), in float64 autograd."""
+    """docs/method.md §5 table written literally with detach() as sg(), in float64 autograd."""
     z = z.double()
     mu = mu.double()
     if strategy == "reverse":

@@ -1,6 +1,7 @@
 """Data parallelism: with ``sync_dist`` / the callback's ``sync_stats`` the batch moments
 are all-reduced before the merge, so every rank holds the statistics of the global batch
-(SPEC section 2). Two CPU processes over gloo, spawned directly with
+(docs/method.md §2.3), and end_step's metrics, merged with one collective, are those of the
+global batch. Two CPU processes over gloo, spawned directly with
 torch.multiprocessing, against one process fed the concatenated global batch."""
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.multiprocessing as mp
-from callback_ddp_worker import MEMEL_KW, SPLITS, STEPS, WORLD, _worker, run_steps, stream
+from callback_ddp_worker import SPLITS, STEPS, WORLD, _worker, case_options, run_steps, run_tapset, stream
 
 from memel_lightning.callback import MEmeLCallback
 from memel_lightning.data.digits import DigitsDataModule
@@ -31,8 +32,8 @@ def gloo_results(tmp_path_factory):
 def test_two_gloo_ranks_equal_one_process_on_the_global_batch(gloo_results, masked):
     ranks = [result[masked] for result in gloo_results]
 
-    single = MEmeL(sync_dist=False, name="tap", **MEMEL_KW)
-    outputs, grads = run_steps(single, masked, rank=None)
+    single = MEmeL(sync_dist=False, name="tap", **case_options(masked))
+    outputs, grads, _ = run_steps(single, masked, rank=None)
     ref = single.state_dict()
 
     for key in ("moments.mean", "moments.var", "moments.count", "moments.steps", "moments.skipped"):
@@ -62,8 +63,8 @@ def test_two_gloo_ranks_with_dynamic_padding_equal_one_process(gloo_results):
     """Each rank pads to its own longest sequence (variable_shape): the ranks' neuron counts
     differ in a step, yet both hold the global batch's statistics."""
     ranks = [result["ragged"] for result in gloo_results]
-    single = MEmeL(sync_dist=False, variable_shape=True, name="tap", **MEMEL_KW)
-    outputs, _ = run_steps(single, True, rank=None, ragged=True)
+    single = MEmeL(sync_dist=False, name="tap", **case_options("ragged"))
+    outputs, _, _ = run_steps(single, True, rank=None, ragged=True)
     ref = single.state_dict()
     for key in ("moments.mean", "moments.var", "moments.count", "moments.steps"):
         assert torch.equal(ranks[0]["state"][key], ranks[1]["state"][key]), key
@@ -73,6 +74,46 @@ def test_two_gloo_ranks_with_dynamic_padding_equal_one_process(gloo_results):
         for rank in range(WORLD):
             mine = ranks[rank]["outputs"][step]
             torch.testing.assert_close(mine, outputs[step].split(sizes)[rank][:, : mine.shape[1]])
+
+
+@pytest.mark.parametrize("case", [False, True, "ragged", "regularize"])
+def test_two_gloo_ranks_report_the_metrics_of_one_process_on_the_global_batch(gloo_results, case):
+    """Every metric end_step returns (each is logged as memel/tap/<name>) and the counts
+    behind them: equal on both ranks, and equal to one process fed the global batch."""
+    ranks = [result[case]["metrics"] for result in gloo_results]
+    single = MEmeL(sync_dist=False, name="tap", **case_options(case))
+    _, _, expected = run_steps(single, masked=case is not False, rank=None, ragged=case == "ragged")
+    checked = set()
+    for step in range(STEPS):
+        ref = expected[step]
+        assert set(ranks[0][step]) == set(ranks[1][step]) == set(ref), step
+        for key, value in ref.items():
+            assert torch.equal(ranks[0][step][key], ranks[1][step][key]), (step, key)
+            torch.testing.assert_close(ranks[0][step][key].double(), value.double(), rtol=1e-4, atol=1e-6,
+                                       msg=lambda m, step=step, key=key: f"step {step} {key}: {m}")
+            if value.dim() == 0 and float(value) not in (0.0, 1.0):
+                checked.add(key)
+    # the comparison covered non-trivial values of every logged metric of the case
+    wanted = {"selected_frac", "mono_ratio", "phi_mean", "phi_max", "kill_concentration"}
+    if case == "regularize":
+        wanted.add("reg_loss")
+    assert wanted <= checked, wanted - checked
+
+
+def test_two_gloo_ranks_tapset_metrics_and_aggregates_equal_one_process(gloo_results):
+    """Two taps merged in ONE collective per step: every per-tap metric and the aggregates
+    (memel/mono_ratio, memel/kill_concentration) equal those of one process on the global batch."""
+    ranks = [result["tapset"] for result in gloo_results]
+    expected = run_tapset(None, sync=False)
+    nontrivial = set()
+    for step in range(STEPS):
+        assert {"0/mono_ratio", "2/mono_ratio", "mono_ratio", "kill_concentration"} <= set(expected[step])
+        for key, value in expected[step].items():
+            assert torch.equal(ranks[0][step][key], ranks[1][step][key]), (step, key)
+            torch.testing.assert_close(ranks[0][step][key].double(), value.double(), rtol=1e-4, atol=1e-6)
+            if value.dim() == 0 and float(value) not in (0.0, 1.0):
+                nontrivial.add(key)
+    assert {"mono_ratio", "kill_concentration", "0/phi_mean", "2/selected_frac"} <= nontrivial, nontrivial
 
 
 # ---------------------------------------------------------------------- Lightning DDP

@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -123,3 +124,20 @@ def test_resumable_loader_discards_served_batches_with_any_sampler():
     loader.load_state_dict({"served": 2})
     assert [b.tolist() for b in loader] == full[2:] and loader.state_dict() == {"served": 5}
     assert [b.tolist() for b in loader] == full  # the next epoch starts from the beginning
+
+
+def test_resume_with_a_checkpoint_of_other_settings_or_an_old_key_is_refused(tmp_path):
+    """Lightning finds a callback's state by its key and would silently skip a missing
+    one (fresh statistics): the callback refuses instead, naming both keys."""
+    run(tmp_path / "split", MEMEL, max_epochs=1)
+    last = tmp_path / "split" / "ckpt" / "last.ckpt"
+    with pytest.raises(ValueError, match=r"holds MEmeLCallback statistics under .*other taps or memel settings"):
+        run(tmp_path / "split", dict(MEMEL, k=1), ckpt_path=str(last), max_epochs=2)
+    # a checkpoint of the previous version: its key listed only the settings given
+    ckpt = torch.load(last, weights_only=False)
+    (key,) = [k for k in ckpt["callbacks"] if k.startswith("MEmeLCallback")]
+    old_key = "MEmeLCallback{'memel': \"" + str(sorted(MEMEL.items())) + "\", 'taps': \"'default'\"}"
+    ckpt["callbacks"] = {old_key: ckpt["callbacks"][key]}
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match="older version"):
+        run(tmp_path / "split", MEMEL, ckpt_path=str(tmp_path / "old.ckpt"), max_epochs=2)

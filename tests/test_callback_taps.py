@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from memel_lightning.callback import MEmeLCallback, TapNotFoundError, resolve_taps
+from memel_lightning.callback import MEmeLCallback
+from memel_lightning.inhibition import TapNotFoundError, resolve_taps
 
 B, L, H = 8, 6, 5  # batch, sequence length, hidden size
 
@@ -253,7 +254,7 @@ def test_teardown_removes_every_hook(tmp_path, train_mode):
         assert torch.equal(model(x, mask), twin(x, mask))
 
     # the comparison is sensitive: with the hooks back in place the outputs differ
-    cb._install(model)
+    cb.setup(None, model, "fit")
     with torch.no_grad():
         assert not torch.equal(model(x, mask), twin(x, mask))
     cb._remove_hooks()

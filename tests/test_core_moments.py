@@ -1,4 +1,4 @@
-"""RunningMoments and the Monosemantic Scale against the float64 reference (SPEC 2-3)."""
+"""RunningMoments and the Monosemantic Scale against the float64 reference (docs/method.md §2-§3)."""
 import numpy as np
 import pytest
 import torch

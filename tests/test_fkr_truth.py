@@ -1,5 +1,6 @@
-"""FKR (MEmeL's False Killing Rate) against the true rate of killing neurons that are not
-truly monosemantic, on hand-made weights and selections, and logged by the ground-truth toy."""
+"""kill_concentration (the unlabelled proxy once logged as memel/fkr) against the true rate
+of killing neurons that are not truly monosemantic, on hand-made weights and selections, and
+logged by the ground-truth toy."""
 import lightning.pytorch as pl
 import numpy as np
 import pytest
@@ -47,7 +48,7 @@ def _hand_made_layer() -> nn.Linear:
     return fc
 
 
-def test_fkr_and_true_fkr_on_hand_made_layer_and_selection():
+def test_kill_concentration_and_true_fkr_on_hand_made_layer_and_selection():
     fc = _hand_made_layer()
     truth = neuron_truth(feature_response(lambda x: torch.relu(fc(x)), 3), 0.9)
     alive, mono = _numpy_truth(fc.weight.detach().double().numpy(), fc.bias.detach().double().numpy())
@@ -68,15 +69,17 @@ def test_fkr_and_true_fkr_on_hand_made_layer_and_selection():
     valid[8:] = False
     max_share = 0.2
 
-    memel = MEmeL(max_share=max_share)
-    phi = torch.from_numpy(rng.random((10, 5))).float()
-    memel._record(phi, torch.from_numpy(selected & valid), torch.from_numpy(valid))
+    memel = MEmeL(max_share=max_share, strategy="none", late_start=0,
+                  selector_module=_Fixed(torch.from_numpy(selected)))
+    memel.begin_step()
+    memel(torch.from_numpy(rng.random((10, 5))).float(), torch.from_numpy(valid[:, 0]))
+    metrics = memel.end_step()
     kills, fkr, true_fkr, dead = _numpy_rates(selected, valid, mono, alive, max_share)
-    np.testing.assert_array_equal(memel.last_kills_per_neuron.numpy(), kills)
-    assert memel.last_metrics["fkr"].item() == pytest.approx(fkr)
-    assert memel.last_metrics["kills"].item() == kills.sum()
+    np.testing.assert_array_equal(metrics["kills_per_neuron"].numpy(), kills)
+    assert metrics["kill_concentration"].item() == pytest.approx(fkr)
+    assert metrics["kills"].item() == kills.sum()
 
-    rates = true_kill_rates(memel.last_kills_per_neuron, truth)
+    rates = true_kill_rates(metrics["kills_per_neuron"], truth)
     assert rates["true_fkr"] == pytest.approx(true_fkr)
     assert rates["dead_kill_frac"] == pytest.approx(dead)
     assert rates["poly_kill_frac"] == pytest.approx(true_fkr - dead)
@@ -89,38 +92,65 @@ def test_fkr_and_true_fkr_on_hand_made_layer_and_selection():
         true_kill_rates(torch.zeros(4), truth)
 
 
+class _Fixed(nn.Module):
+    """A selector returning a hand-made selection (masked values never selected)."""
+
+    sync_dist = False
+
+    def __init__(self, selection):
+        super().__init__()
+        self.selection = selection
+
+    def forward(self, phi, mask=None, update=True):
+        return self.selection if mask is None else self.selection & mask
+
+
 def test_kills_per_neuron_follows_the_selection():
     torch.manual_seed(0)
     memel = MEmeL(k=1, late_start=1)
     memel.train()
+    memel.begin_step()
     memel(torch.randn(8, 4))
-    assert memel.last_kills_per_neuron is None  # before the late start nothing is killed
+    before = memel.end_step()["kills_per_neuron"]
+    assert before.shape == (4,) and before.sum().item() == 0  # before the late start nothing is killed
+    memel.begin_step()
     memel(torch.randn(8, 4))
-    kills = memel.last_kills_per_neuron
-    assert kills.shape == (4,) and kills.sum().item() == memel.last_metrics["kills"].item() == 8.0
+    metrics = memel.end_step()
+    kills = metrics["kills_per_neuron"]
+    assert kills.shape == (4,) and kills.sum().item() == metrics["kills"].item() == 8.0
 
 
 class _Capture(pl.Callback):
-    """After training_step, before the optimizer step: the weights that produced the kills."""
+    """Before the optimizer step: the weights that produced the kills; after the batch: the
+    kills the callback handed to the model (``memel_step_end``) and the rates it stored."""
 
-    def __init__(self):
-        self.seen = []
+    def __init__(self, model):
+        self.seen, self.weights, self.kills = [], {}, {}
+        original = model.memel_step_end
+
+        def spy(metrics):
+            self.kills[model.trainer.global_step] = metrics["encoder/kills_per_neuron"].clone()
+            original(metrics)
+
+        model.memel_step_end = spy
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        kills = trainer.callbacks[0].memel_for("encoder").last_kills_per_neuron
-        if kills is not None:
-            fc = pl_module.encoder.fc
-            self.seen.append((trainer.global_step + 1, kills.clone(), fc.weight.detach().clone(),
-                              fc.bias.detach().clone(), dict(pl_module.last_kill_truth)))
+        fc = pl_module.encoder.fc
+        self.weights[trainer.global_step + 1] = (fc.weight.detach().clone(), fc.bias.detach().clone())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step in self.kills and self.kills[step].sum() > 0:
+            self.seen.append((step, self.kills[step], *self.weights[step], dict(pl_module.last_kill_truth)))
 
 
-def test_toy_logs_true_fkr_next_to_fkr(tmp_path):
+def test_toy_logs_true_fkr_next_to_kill_concentration(tmp_path):
     pl.seed_everything(0)
     dm = PolysemanticDataModule(n_features=6, train_size=256, val_size=64, batch_size=32)
     model = PolysemanticToy(n_features=6, hidden=8)
     callback = MEmeLCallback(taps="default", memel={"k": 1, "late_start": 2, "max_share": 0.2},
                              log_every_n_steps=3, hist_every_n_steps=1000)
-    capture = _Capture()
+    capture = _Capture(model)
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, max_steps=8, default_root_dir=tmp_path, enable_progress_bar=False,
         enable_checkpointing=False, enable_model_summary=False, callbacks=[callback, capture],
@@ -129,7 +159,7 @@ def test_toy_logs_true_fkr_next_to_fkr(tmp_path):
     trainer.fit(model, dm)
     events = read_events(trainer.logger.log_dir)
     scalars = lambda tag: {e.step: e.value for e in events.Scalars(tag)}  # noqa: E731
-    true_fkr, fkr = scalars("train_true_fkr"), scalars("memel/fkr")
+    true_fkr, fkr = scalars("train_true_fkr"), scalars("memel/kill_concentration")
     # recorded at batches 0, 3, 6 (global steps 1, 4, 7); no kills before the late start
     assert sorted(fkr) == [1, 4, 7] and sorted(true_fkr) == [4, 7] and sorted(scalars("train_dead_kill_frac")) == [4, 7]
     assert [s for s, *_ in capture.seen] == [4, 7]
@@ -154,7 +184,7 @@ def test_fkr_truth_summary_against_numpy(tmp_path):
         fkr, true, dead = rng.random(4), rng.random(4), rng.random(4) * 0.1
         writer = SummaryWriter(str(tmp_path / "v" / f"seed_{seed}"))
         for i, s in enumerate(steps):
-            writer.add_scalar("memel/fkr", fkr[i], s)
+            writer.add_scalar("memel/kill_concentration", fkr[i], s)
             if i > 0:  # no kills at the first logged step: no true rate there
                 writer.add_scalar("train_true_fkr", true[i], s)
                 writer.add_scalar("train_dead_kill_frac", dead[i], s)
@@ -164,11 +194,11 @@ def test_fkr_truth_summary_against_numpy(tmp_path):
     means = np.array([r.mean(0) for r in runs])
     pooled = np.concatenate(runs)
     assert got["runs"] == 2 and got["steps"] == 3
-    assert got["fkr_mean"] == pytest.approx(means[:, 0].mean(), rel=1e-6)
+    assert got["kc_mean"] == pytest.approx(means[:, 0].mean(), rel=1e-6)
     assert got["true_mean"] == pytest.approx(means[:, 1].mean(), rel=1e-6)
     assert got["true_mean_std"] == pytest.approx(means[:, 1].std(ddof=1), rel=1e-5)
     assert got["gap_mean"] == pytest.approx((means[:, 1] - means[:, 0]).mean(), rel=1e-5)
-    assert got["fkr_final"] == pytest.approx(np.mean([r[-1, 0] for r in runs]), rel=1e-6)
+    assert got["kc_final"] == pytest.approx(np.mean([r[-1, 0] for r in runs]), rel=1e-6)
     assert got["true_final"] == pytest.approx(np.mean([r[-1, 1] for r in runs]), rel=1e-6)
     assert got["dead_mean"] == pytest.approx(means[:, 2].mean(), rel=1e-5)
     assert got["corr"] == pytest.approx(np.corrcoef(pooled[:, 0], pooled[:, 1])[0, 1], rel=1e-5)

@@ -1,4 +1,4 @@
-"""L2E parts of the inhibition core: moving threshold, regulariser gradient, FKR."""
+"""L2E parts of the inhibition core: moving threshold, regulariser gradient, kill concentration."""
 import math
 
 import numpy as np
@@ -102,8 +102,10 @@ def test_regulariser_gradient_equals_explicit_loss_float64():
     torch.testing.assert_close(grad_ours, grad_ref, rtol=1e-12, atol=1e-12)
     (grad_task,) = torch.autograd.grad((((x @ w).tanh() - target) ** 2).sum(), w)
     assert not torch.allclose(grad_ours, grad_task)  # the regulariser did contribute
-    # the logged value is the explicit regulariser
-    assert reg.last_loss.item() == pytest.approx(explicit.item(), rel=1e-6)
+    # the metric's penalty is N times the explicit regulariser
+    assert reg.penalty(z.detach(), selected, TapStatistics(mean, denom)).item() == pytest.approx(
+        n * explicit.item(), rel=1e-6
+    )
 
 
 def test_regularize_through_memel_matches_explicit_loss():
@@ -114,9 +116,11 @@ def test_regularize_through_memel_matches_explicit_loss():
     for _ in range(3):
         memel(torch.randn(4, 6, 8))
     z = torch.randn(4, 6, 8, dtype=torch.float64, requires_grad=True)
+    memel.begin_step(record=True)
     out = memel(z)
     assert torch.equal(out, z)  # forward unchanged
     (out ** 3).sum().backward()
+    metrics = memel.end_step()
     # rebuild R from the statistics after this step's merge (score_with="updated")
     mu, v = memel.moments.mean.double(), memel.moments.var.double()
     denom = v + memel.eps * v.mean()
@@ -129,19 +133,35 @@ def test_regularize_through_memel_matches_explicit_loss():
     assert nz.any()
     ratio = extra[nz] / ((z2 - mu)[nz] / denom.expand(24, 8)[nz])
     torch.testing.assert_close(ratio, torch.full_like(ratio, 2 * 0.5 / 24), rtol=1e-5, atol=0)
-    assert memel.last_metrics["reg_loss"].item() == pytest.approx(
+    assert metrics["reg_loss"].item() == pytest.approx(
         (0.5 / 24 * (phi * nz).sum()).item(), rel=1e-4
     )
 
 
 def test_regularize_records_loss_only_when_asked():
     memel = MEmeL(selector="moving_threshold", strategy="regularize", late_start=0)
-    memel.record_metrics = False
+    memel.begin_step(record=False)
     memel(torch.randn(16, 8, requires_grad=True))
-    assert memel.strategy.last_loss is None and memel.last_metrics == {}
-    memel.record_metrics = True
+    assert memel.end_step() == {}
+    memel.begin_step(record=True)
     memel(torch.randn(16, 8, requires_grad=True))
-    assert memel.strategy.last_loss is not None and "reg_loss" in memel.last_metrics
+    assert "reg_loss" in memel.end_step()
+
+
+def test_reg_loss_of_a_tap_called_twice_is_the_sum_of_both_regularisers():
+    torch.manual_seed(5)
+    memel = MEmeL(selector="moving_threshold", target_ratio=0.2, strategy="regularize", reg_lambda=0.5, late_start=0)
+    memel(torch.randn(10, 6))
+    memel.begin_step(record=True)
+    expected = 0.0
+    for _ in range(2):
+        z = torch.randn(10, 6, dtype=torch.float64)
+        selected_before = memel.selector.tau.clone()
+        memel(z)
+        mu, v = memel.moments.mean.double(), memel.moments.var.double()
+        phi = (z - mu) ** 2 / (v + memel.eps * v.mean())
+        expected += 0.5 / 10 * float((phi * (phi > selected_before.double())).sum())
+    assert memel.end_step()["reg_loss"].item() == pytest.approx(expected, rel=1e-4)
 
 
 # ---------------------------------------------------------------- false killing rate
@@ -167,7 +187,7 @@ def _fkr_reference(selection: np.ndarray, valid: np.ndarray, max_share: float) -
 
 
 @pytest.mark.parametrize("use_mask", [False, True])
-def test_fkr_on_hand_made_selections(use_mask):
+def test_kill_concentration_on_hand_made_selections(use_mask):
     n, f = 20, 5
     sel = np.zeros((n, f), dtype=bool)
     sel[3, 0] = True                 # neuron 0: 1 of 20 samples  -> true kill
@@ -178,21 +198,24 @@ def test_fkr_on_hand_made_selections(use_mask):
     if use_mask:
         mask[10:, :] = False         # only 10 valid samples: neuron 1 now 2/10 -> false
         sel &= mask
-    memel = MEmeL(selector=_Fixed(torch.from_numpy(sel)), strategy="none", late_start=0, max_share=0.1)
+    memel = MEmeL(selector_module=_Fixed(torch.from_numpy(sel)), strategy="none", late_start=0, max_share=0.1)
     z = torch.randn(n, f)
+    memel.begin_step()
     memel(z, torch.from_numpy(mask[:, 0]) if use_mask else None)
-    m = memel.last_metrics
+    m = memel.end_step()
     false, kills = _fkr_reference(sel, mask, 0.1)
     assert m["kills"].item() == kills
-    assert m["false_kills"].item() == false
-    assert m["fkr"].item() == pytest.approx(false / kills)
+    assert m["concentrated_kills"].item() == false
+    assert m["kill_concentration"].item() == pytest.approx(false / kills)
     assert m["selected_frac"].item() == pytest.approx(kills / mask.sum())
 
 
-def test_fkr_zero_without_kills_and_before_late_start():
-    memel = MEmeL(selector=_Fixed(torch.ones(4, 3, dtype=torch.bool)), strategy="none", late_start=5)
+def test_kill_concentration_zero_without_kills_and_before_late_start():
+    memel = MEmeL(selector_module=_Fixed(torch.ones(4, 3, dtype=torch.bool)), strategy="none", late_start=5)
+    memel.begin_step()
     memel(torch.randn(4, 3))
-    assert memel.last_metrics["fkr"].item() == 0.0 and memel.last_metrics["kills"].item() == 0.0
+    m = memel.end_step()
+    assert m["kill_concentration"].item() == 0.0 and m["kills"].item() == 0.0
 
 
 @pytest.mark.parametrize("strategy,late_start", [("none", 0), ("reverse", 5), ("regularize", 5)])
@@ -216,27 +239,42 @@ def test_regulariser_gradient_is_scaled_like_the_task_loss():
     selected = torch.rand(6, 5, generator=g) > 0.5
     lam, c = 0.3, 1.0 / 8 * 1024.0
     reg = Regularize(lam)
-    reg.grad_multiplier = c
     ours = z.clone().requires_grad_()
-    (reg(ours, selected, TapStatistics(mu, denom)).pow(2).sum() * c).backward()
+    (reg(ours, selected, TapStatistics(mu, denom, loss_scale=c)).pow(2).sum() * c).backward()
     ref = z.clone().requires_grad_()
     r = lam * (((ref - mu) ** 2 / denom) * selected).sum() / 6
     ((ref.pow(2).sum() + r) * c).backward()
     torch.testing.assert_close(ours.grad, ref.grad)
 
 
-def test_callback_sets_the_regulariser_multiplier_from_gradient_accumulation(tmp_path):
+def test_callback_passes_the_loss_scale_of_gradient_accumulation(tmp_path):
+    """With accumulate_grad_batches=4 the callback opens the step with loss_scale 1/4: the
+    regulariser's extra gradient is a quarter of the one with loss_scale 1."""
+    import copy
+
     import lightning.pytorch as pl
 
     from memel_lightning.callback import MEmeLCallback
     from memel_lightning.models.digits import DigitsClassifier
 
     model = DigitsClassifier(hidden_sizes=(8,))
-    cb = MEmeLCallback(taps="default", memel={"strategy": "regularize"})
+    cb = MEmeLCallback(taps="default", memel={"strategy": "regularize", "late_start": 0, "reg_lambda": 1.0})
     trainer = pl.Trainer(accelerator="cpu", devices=1, accumulate_grad_batches=4, logger=False, default_root_dir=tmp_path)
     cb.setup(trainer, model, "fit")
+    memel = cb.memel_for("hidden.0")
+    plain = copy.deepcopy(memel)
+    z = torch.randn(6, 8)
+    za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
     cb.on_train_batch_start(trainer, model, None, 0)
-    assert cb.memel_for("hidden.0").strategy.grad_multiplier == 0.25
+    memel(za).sum().backward()
+    cb._tapset.end_step()
+    plain.begin_step(loss_scale=1.0)
+    plain(zb).sum().backward()
+    plain.end_step()
+    extra_a, extra_b = za.grad - 1.0, zb.grad - 1.0
+    assert extra_b.abs().sum() > 0
+    torch.testing.assert_close(extra_a, 0.25 * extra_b)
+    cb.teardown(trainer, model, "fit")
 
 
 def test_moving_threshold_does_not_stick_at_zero_or_nan():

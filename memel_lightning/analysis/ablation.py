@@ -12,6 +12,7 @@ removed afterwards (also on error) and the model's train/eval mode restored.
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..inhibition import MEmeL
+from ..inhibition import TapLayout, attach
 from .probes import _move, default_forward, default_labels
 
 
@@ -42,31 +43,29 @@ def ablate_neuron(
         >>> out[:, 2].tolist()
         [0.5, 0.5]
     """
-    modules = dict(model.named_modules())
-    if tap not in modules:
+    if tap not in dict(model.named_modules()):
         raise KeyError(f"tap {tap!r} is not a module of {type(model).__name__}")
-    shaper = MEmeL(reduce_dims=reduce_dims, name=tap)
-
-    def replace(z: Tensor) -> Tensor:
-        z2, _, perm, identity = shaper._as_samples(z, None)
-        if not 0 <= neuron < z2.shape[1]:
-            raise IndexError(f"tap {tap!r} has {z2.shape[1]} neurons per sample, neuron {neuron} is out of range")
-        z2 = z2.clone()
-        z2[:, neuron] = value
-        return shaper._restore(z2, z, perm, identity)
-
-    def hook(module: nn.Module, args: Any, output: Any) -> Any:
-        if isinstance(output, Tensor):
-            return replace(output)
-        if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
-            return (replace(output[0]),) + tuple(output[1:])
-        raise TypeError(f"tap {tap!r}: cannot ablate an output of type {type(output).__name__}")
-
-    handle = modules[tap].register_forward_hook(hook)
-    try:
+    with attach(model, [glob.escape(tap)], lambda name: _SetNeuron(TapLayout(tuple(reduce_dims), tap), neuron, value)):
         yield
-    finally:
-        handle.remove()
+
+
+class _SetNeuron(nn.Module):
+    """Sets one neuron (flat index over the kept axes of a :class:`TapLayout`) to ``value``."""
+
+    def __init__(self, layout: TapLayout, neuron: int, value: float) -> None:
+        super().__init__()
+        self.layout, self.neuron, self.value = layout, neuron, value
+
+    def forward(self, z: Tensor) -> Tensor:
+        z2 = self.layout.to_samples(z)
+        if not 0 <= self.neuron < z2.shape[1]:
+            raise IndexError(
+                f"tap {self.layout.name!r} has {z2.shape[1]} neurons per sample, neuron {self.neuron} is out of range"
+            )
+        z2 = z2.clone()
+        z2[:, self.neuron] = self.value
+        return self.layout.restore(z2, z)
+
 
 
 def default_per_sample_loss(model: nn.Module, batch: Any, forward_fn: Callable = default_forward,

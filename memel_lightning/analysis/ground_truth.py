@@ -13,15 +13,15 @@ polysemantic). A live neuron is *truly monosemantic* when ``share_j >= threshold
 (default 0.9) and *polysemantic* otherwise. :func:`weight_share` is the same measure on
 the rows of ``W`` (``A = |W|``), for linear read-ins.
 
-The phi-based selection a MEmeL user sees (SPEC section 8) marks neuron ``j`` as
+The phi-based selection a MEmeL user sees (docs/method.md §6) marks neuron ``j`` as
 monosemantic when its maximum phi over a set exceeds ``tau_report``;
 :func:`phi_selection_quality` compares that with the truth (precision, recall) and
 gives the Spearman rank correlation between each neuron's max phi and ``share_j``.
 
-MEmeL's False Killing Rate (``memel/fkr``) calls a kill false when its neuron was
-selected in more than ``max_share`` of the step's samples. :func:`true_kill_rates` gives
-the rate it stands for, the share of kills on neurons that are *not* truly
-monosemantic::
+MEmeL's kill concentration (``memel/kill_concentration``, once logged as ``memel/fkr``)
+counts the kills on neurons selected in more than ``max_share`` of the step's samples, a
+label-free proxy for false kills. :func:`true_kill_rates` gives the rate it stands in
+for, the share of kills on neurons that are *not* truly monosemantic::
 
     true_fkr = sum_j kills_j * [not mono_j] / sum_j kills_j
 
@@ -126,7 +126,7 @@ def set_max_phi(h: Tensor, eps: float = 0.01, moments: RunningMoments | None = N
     """Each neuron's maximum phi over the samples ``h`` ``(N, m)``.
 
     phi uses ``moments`` when given (e.g. a checkpoint's running statistics), else the
-    set's own mean and unbiased variance (one exact merge, SPEC section 2).
+    set's own mean and unbiased variance (one exact merge, docs/method.md §2).
     """
     if moments is None:
         moments = RunningMoments()
@@ -141,7 +141,7 @@ class SelectionQuality:
     precision: float
     recall: float
     spearman: float        # rank correlation of max phi and true share over live neurons
-    phi_mono_ratio: float  # fraction of all neurons selected (SPEC section 8's mono ratio over the set)
+    phi_mono_ratio: float  # fraction of all neurons selected (docs/method.md §6's mono ratio over the set)
     true_mono_ratio: float # fraction of all neurons truly monosemantic
     selected: int
     true_positives: int
@@ -186,7 +186,7 @@ def phi_selection_quality(max_phi: Tensor, truth: NeuronTruth, tau: float = 9.0)
 def true_kill_rates(kills: Tensor, truth: NeuronTruth) -> dict[str, float]:
     """How many of a step's kills fell on neurons that are not truly monosemantic.
 
-    ``kills`` ``(m,)``: kills per neuron (e.g. ``MEmeL.last_kills_per_neuron``).
+    ``kills`` ``(m,)``: kills per neuron (e.g. ``kills_per_neuron`` of ``MEmeL.end_step()``).
     Returns ``true_fkr`` (kills on polysemantic or dead neurons / kills),
     ``poly_kill_frac`` and ``dead_kill_frac`` (the two parts of ``true_fkr``) and
     ``kills`` (the total); the rates are NaN when there are no kills.

@@ -3,7 +3,7 @@
 The statistics come from the checkpoint: :class:`~memel_lightning.MEmeLCallback` saves
 every tap's running moments in the checkpoint's callback state (``checkpoint["callbacks"]
 ["MEmeLCallback{...}"]["taps"][<tap>]``). Over a set of samples (a validation loader),
-for every neuron ``i`` of a tap (SPEC sections 3 and 8)::
+for every neuron ``i`` of a tap (docs/method.md §3 and §6)::
 
     phi_i(z) = (z - mu_i)^2 / (v_i + eps * mean_k(v_k))
     max_phi_i = max over the set of phi_i(z)
@@ -15,6 +15,7 @@ indices of the samples with the highest phi.
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 from collections import Counter
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..inhibition import MEmeL, RunningMoments, monosemantic_scale
+from ..inhibition import RunningMoments, TapLayout, attach, monosemantic_scale
 
 HIST_RANGE = (-4.0, 6.0)  # log10(phi) range of the histogram; values outside go to the end bins
 HIST_BINS = 100
@@ -110,28 +111,24 @@ def _move(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-class _Capture:
-    """Forward hooks that keep the (first tensor of the) outputs of some modules."""
+class _Keep(nn.Module):
+    """Keeps a detached copy of what passes through (the tap's output) in ``outputs``."""
 
-    def __init__(self, model: nn.Module, taps: Sequence[str]) -> None:
-        modules = dict(model.named_modules())
-        missing = [t for t in taps if t not in modules]
-        if missing:
-            raise KeyError(f"taps {missing} are not modules of {type(model).__name__}")
-        self.outputs: dict[str, Tensor] = {}
-        self.handles = [modules[t].register_forward_hook(self._hook(t)) for t in taps]
+    def __init__(self, name: str, outputs: dict[str, Tensor]) -> None:
+        super().__init__()
+        self.name, self.outputs = name, outputs
 
-    def _hook(self, name: str) -> Callable:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            z = output[0] if isinstance(output, tuple) else output
-            self.outputs[name] = z.detach()
+    def forward(self, z: Tensor) -> Tensor:
+        self.outputs[self.name] = z.detach()
+        return z
 
-        return hook
 
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
+def _capture(model: nn.Module, taps: Sequence[str], outputs: dict[str, Tensor]):
+    modules = dict(model.named_modules())
+    missing = [t for t in taps if t not in modules]
+    if missing:
+        raise KeyError(f"taps {missing} are not modules of {type(model).__name__}")
+    return attach(model, [glob.escape(t) for t in taps], lambda name: _Keep(name, outputs))
 
 
 @dataclass
@@ -170,10 +167,9 @@ class ProbeResult:
         }
 
 
-def _samples(memel: MEmeL, z: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor], int]:
+def _samples(layout: TapLayout, z: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor], int]:
     """``(N', F)`` values, their mask and the number of pooled rows per sample."""
-    z2, m2, _, _ = memel._as_samples(z, mask)
-    return z2, m2, z2.shape[0] // z.shape[0]
+    return layout.to_samples(z), layout.mask_to_samples(mask, z), layout.samples_per_item(z)
 
 
 @torch.no_grad()
@@ -211,11 +207,12 @@ def probe_neurons(
     if missing:
         raise KeyError(f"no statistics for taps {missing} in the checkpoint; it has {sorted(statistics)}")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    shapers = {t: MEmeL(reduce_dims=reduce_dims, name=t) for t in taps}
+    shapers = {t: TapLayout(tuple(reduce_dims), t) for t in taps}
     get_mask = getattr(model, "memel_mask", None)
     was_training = model.training
     model.eval()
-    capture = _Capture(model, taps)
+    outputs: dict[str, Tensor] = {}
+    capture = _capture(model, taps, outputs)
     edges = np.linspace(*HIST_RANGE, HIST_BINS + 1)
     max_phi: dict[str, Tensor] = {}
     hist = {t: torch.zeros(HIST_BINS, dtype=torch.float64) for t in taps}
@@ -229,7 +226,7 @@ def probe_neurons(
             yield _move(batch, device)
 
     def tap_phi(t: str, batch: Any) -> tuple[Tensor, Optional[Tensor], int]:
-        z = capture.outputs[t]
+        z = outputs[t]
         mask = get_mask(batch) if callable(get_mask) else None
         if mask is not None and (mask.dim() > z.dim() or tuple(mask.shape) != tuple(z.shape[: mask.dim()])):
             mask = None
@@ -250,10 +247,10 @@ def probe_neurons(
     try:
         # pass 1: max phi, histogram, fire counts
         for batch in batches():
-            capture.outputs.clear()
+            outputs.clear()
             forward_fn(model, batch)
             for t in taps:
-                if t not in capture.outputs:
+                if t not in outputs:
                     raise RuntimeError(f"tap {t!r} produced no output in the forward pass")
                 phi, m2, _ = tap_phi(t, batch)
                 filled = torch.nan_to_num(phi, nan=-math.inf)
@@ -280,7 +277,7 @@ def probe_neurons(
         best: dict[str, list[list[tuple[float, int, Optional[int]]]]] = {t: [[] for _ in tops[t]] for t in taps}
         offset = 0
         for batch in batches():
-            capture.outputs.clear()
+            outputs.clear()
             forward_fn(model, batch)
             labels = label_fn(batch)
             labels = None if labels is None else labels.detach().cpu()

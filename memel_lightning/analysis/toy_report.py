@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..sweep import read_scalars
+from ..research.events import read_scalars
 
 TAGS = (
     "val_loss", "val_poly_neurons", "val_mono_neurons", "val_dead_neurons", "val_true_mono_ratio",

@@ -1,4 +1,8 @@
-"""The inhibition core: plain PyTorch, no Lightning (SPEC sections 1-5, 8)."""
+"""The inhibition core: plain PyTorch, no Lightning (docs/method.md)."""
+from . import metrics
+from .attach import TapNotFoundError, TapSet, attach, resolve_taps
+from .config import MEmeLConfig, MEmeLConfigError
+from .layout import TapLayout, neuron_layout
 from .memel import MEmeL
 from .moments import NonFiniteStatisticsError, RunningMoments, all_reduce_moments, batch_moments
 from .scale import monosemantic_scale
@@ -17,6 +21,15 @@ from .strategies import (
 
 __all__ = [
     "MEmeL",
+    "MEmeLConfig",
+    "MEmeLConfigError",
+    "TapLayout",
+    "neuron_layout",
+    "attach",
+    "TapSet",
+    "resolve_taps",
+    "TapNotFoundError",
+    "metrics",
     "RunningMoments",
     "NonFiniteStatisticsError",
     "batch_moments",

@@ -1,133 +1,130 @@
-"""MEmeL: one tap's statistics, selection and inhibition (SPEC sections 1-5, 8)."""
+"""MEmeL: one tap's statistics, selection and inhibition (docs/method.md §1-§6)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
+from .config import MEmeLConfig, MEmeLConfigError
+from .layout import TapLayout
+from .metrics import INHIBITION, MetricGroup, StepAccumulator, TapCall, reduce_across_ranks
+from .metrics import compute as compute_metrics
 from .moments import RunningMoments
 from .scale import monosemantic_scale, phi_from, scale_parameters
-from .selectors import Selector, build_selector
-from .strategies import Strategy, TapStatistics, build_strategy
+from .selectors import Selector, TopK, build_selector
+from .strategies import Regularize, Strategy, TapStatistics, build_strategy
 
 HISTOGRAM_SAMPLES = 1 << 16
+PHI_SAMPLE = "phi_sample"  # end_step key of the histogram sample (when asked for)
 
 
 class MEmeL(nn.Module):
     r"""Watch one tap's activations and inhibit its monosemantic ones.
 
-    ``forward(z, mask=None)`` takes the tap's output ``z`` of shape ``(B, *S)`` (every
-    index of ``S`` is a neuron) and returns a tensor of the same shape and dtype. In
-    training it
+    ``forward(z, mask=None, labels=None)`` takes the tap's output ``z`` of shape
+    ``(B, *S)`` (every index of ``S`` is a neuron, :class:`TapLayout`) and returns a
+    tensor of the same shape and dtype. In training it
 
-    1. merges the batch into the running moments (Lemma 3.2, :class:`RunningMoments`);
-    2. scores every value with the Monosemantic Scale
+    1. merges the batch into the running moments (docs/method.md §2, Lemma 3.2);
+    2. scores every value with the Monosemantic Scale (§3)
        ``phi = (z - mu)^2 / (v + eps * mean_k(v_k))``, using the statistics after the
        merge (``score_with="updated"``) or before it (``"previous"``);
-    3. after ``late_start`` training batches, selects values (``topk`` per sample,
-       ``threshold`` or ``moving_threshold``) and applies the inhibition ``strategy``.
+    3. after ``late_start`` training batches, selects values (§4) and applies the
+       inhibition ``strategy`` (§5).
 
     In eval mode it is the identity unless ``active_in_eval`` (then it selects and
     inhibits with frozen statistics). Statistics are float32 and only move in training.
+    Settings: :class:`MEmeLConfig` (``config``, overridden by keyword ``options``).
+    ``mask`` (bool or 0/1, shape a prefix of ``z.shape`` such as ``(B, L)``) marks valid
+    positions: masked values never enter the statistics and are never selected.
+    ``labels`` (one per batch item) are for the labelled False Killing Rate; they are
+    accepted and not used yet.
 
-    ``reduce_dims`` (indices into ``S``) pools those axes into the batch axis, e.g.
-    ``reduce_dims=(0,)`` on a ``(B, L, H)`` tap makes every token a sample and every
-    hidden unit a neuron. ``mask`` (bool or 0/1, shape a prefix of ``z.shape`` such as
-    ``(B, L)``) marks valid positions: masked values never enter the statistics and are
-    never selected. ``variable_shape`` lets the first axis of ``S`` vary between
-    batches (dynamic padding): positions a batch lacks count as masked and new
-    positions start fresh statistics.
+    **Step lifecycle.** A training step (one batch) is ``begin_step()``, any number of
+    calls (a recurrent tap is called once per time step), ``end_step()``. ``late_start``
+    counts steps (training batches: ``end_step`` advances the counter), ``forget_steps``
+    counts statistics updates (calls). When ``begin_step(record=True)`` the calls add to
+    the step's metric states (docs/method.md §6, :mod:`~.metrics`) and ``end_step``
+    returns the step's metrics over all calls (reduced across ranks with one collective
+    when ``sync_dist``), including ``kills_per_neuron``, the step's kills of every
+    neuron. A training call outside ``begin_step``/``end_step`` is a step by itself
+    (no metrics). ``loss_scale`` is the factor the training loop applies to the loss
+    before backward (``1 / accumulation`` x the AMP scale): the ``regularize``
+    strategy scales its gradient by it.
 
-    When ``record_metrics`` is true (the default; the callback turns it on only on
-    logging steps) the step's metrics are kept in ``last_metrics``, computed from the
-    phi and selection already at hand: ``selected_frac``, ``mono_ratio`` (share of
-    neurons whose batch-max phi exceeds ``tau_report``), ``phi_mean``, ``phi_max`` and
-    ``fkr`` (False Killing Rate: share of kills on neurons selected in more than
-    ``max_share`` of the step's samples), plus the raw counts behind them; and
-    ``last_kills_per_neuron``, the step's kills (selected valid values) of each neuron,
-    ``(prod S_kept,)`` float, or ``None`` when nothing was inhibited (to compare FKR with
-    a ground truth, e.g. :class:`~memel_lightning.models.PolysemanticToy`).
-
-    Example:
+    Example (a plain PyTorch loop):
         >>> _ = torch.manual_seed(0)
-        >>> memel = MEmeL(k=1, late_start=0)
-        >>> z = torch.randn(8, 4, requires_grad=True)
-        >>> out = memel(z)
-        >>> out.shape, int((out != z).sum())   # one value per sample became the mean
-        (torch.Size([8, 4]), 8)
+        >>> memel = MEmeL(k=1, late_start=1)
+        >>> for step in range(2):
+        ...     memel.begin_step(record=True)
+        ...     z = torch.randn(8, 4, requires_grad=True)
+        ...     out = memel(z)                       # the tap: inhibited from step 2 on
+        ...     out.sum().backward()
+        ...     metrics = memel.end_step()
+        ...     print(step, int((out != z).sum()), float(metrics["selected_frac"]))
+        0 0 0.0
+        1 8 0.25
     """
 
     def __init__(
         self,
-        selector: Union[str, Selector] = "topk",
-        k: int = 1,
-        tau: Optional[float] = None,
-        target_ratio: float = 0.02,
-        strategy: Union[str, Strategy] = "reverse",
-        delta: float = 1.0,
-        forget_steps: int = 10,
-        late_start: int = 10,
-        eps: float = 0.01,
-        score_with: str = "updated",
-        reduce_dims: Sequence[int] = (),
-        active_in_eval: bool = False,
+        config: Optional[MEmeLConfig] = None,
         *,
-        variable_shape: bool = False,
-        tau_report: float = 9.0,
-        max_share: float = 0.1,
-        reg_lambda: float = 1e-3,
-        nonfinite: str = "skip",
-        sync_dist: bool = False,
         name: str = "",
+        sync_dist: bool = False,
+        selector_module: Optional[Selector] = None,
+        strategy_module: Optional[Strategy] = None,
+        **options: Any,
     ) -> None:
         super().__init__()
-        if score_with not in ("updated", "previous"):
-            raise ValueError(f"score_with must be 'updated' or 'previous', got {score_with!r}")
-        if late_start < 0:
-            raise ValueError(f"late_start must be >= 0, got {late_start}")
-        self.reduce_dims = tuple(sorted(int(d) for d in reduce_dims))
-        if len(set(self.reduce_dims)) != len(self.reduce_dims) or any(d < 0 for d in self.reduce_dims):
-            raise ValueError(f"reduce_dims must be distinct non-negative axes of S, got {tuple(reduce_dims)}")
-        if variable_shape and 0 in self.reduce_dims:
-            variable_shape = False  # the varying axis is pooled into the samples: nothing varies
+        config = config if config is not None else MEmeLConfig()
+        if not isinstance(config, MEmeLConfig):
+            raise MEmeLConfigError(f"MEmeL's config must be a MEmeLConfig, got {type(config).__name__}")
+        self.config = config.replace(**options) if options else config
+        cfg = self.config
         self.name = name
+        self.layout = TapLayout(tuple(cfg.reduce_dims), name)
+        # the varying axis pooled into the samples: nothing varies
+        variable = cfg.variable_shape and 0 not in self.layout.reduce_dims
         self.moments = RunningMoments(
-            forget_steps, sync_dist=sync_dist, variable_size=variable_shape, nonfinite=nonfinite, name=name
+            cfg.forget_steps, sync_dist=sync_dist, variable_size=variable, nonfinite=cfg.nonfinite, name=name
         )
-        self.selector = selector if isinstance(selector, Selector) else build_selector(
-            selector, k=k, tau=tau, target_ratio=target_ratio
+        self.selector = selector_module if selector_module is not None else build_selector(
+            cfg.selector, k=cfg.k, tau=cfg.tau, target_ratio=cfg.target_ratio, lr=cfg.threshold_lr
         )
-        self.strategy = strategy if isinstance(strategy, Strategy) else build_strategy(
-            strategy, delta=delta, reg_lambda=reg_lambda
+        self.strategy = strategy_module if strategy_module is not None else build_strategy(
+            cfg.strategy, delta=cfg.delta, reg_lambda=cfg.reg_lambda
         )
-        self.late_start = int(late_start)
-        self.eps = float(eps)
-        self.score_with = score_with
-        self.active_in_eval = bool(active_in_eval)
-        self.variable_shape = bool(variable_shape)
-        self.tau_report = float(tau_report)
-        self.max_share = float(max_share)
+        self.variable_shape = variable
         self.sync_dist = sync_dist
-        self.record_metrics = True
-        self.record_histogram = False
-        self.last_metrics: dict[str, Tensor] = {}
-        self.last_kills_per_neuron: Optional[Tensor] = None
-        self.last_phi_sample: Optional[Tensor] = None
+        # Extension point: the labelled FKR (issue 11) appends its group here.
+        self.metric_groups: list[MetricGroup] = [INHIBITION]
         # Plain Python state (saved through get_extra_state) so that no step needs a
         # device sync: training batches seen, and the per-sample shape of the output.
         self.step = 0
         self.neuron_shape: Optional[tuple[int, ...]] = None
+        self._in_step = False
+        self._trained = False          # a training call happened in the open step
+        self._inhibit_step = False     # the late start has passed for the open step
+        self._loss_scale: Any = 1.0
+        self._recording = False
+        self._acc: Optional[StepAccumulator] = None
+        self._histogram: Optional[list[Tensor]] = None
 
-    def get_extra_state(self) -> dict:
-        return {"step": self.step, "neuron_shape": self.neuron_shape}
+    # ------------------------------------------------------------------ settings
+    @property
+    def late_start(self) -> int:
+        return self.config.late_start
 
-    def set_extra_state(self, state: dict) -> None:
-        self.step = int(state["step"])
-        shape = state.get("neuron_shape")
-        self.neuron_shape = None if shape is None else tuple(int(s) for s in shape)
+    @property
+    def eps(self) -> float:
+        return self.config.eps
 
-    # ------------------------------------------------------------------ plumbing
+    @property
+    def reduce_dims(self) -> tuple[int, ...]:
+        return self.layout.reduce_dims
+
     @property
     def sync_dist(self) -> bool:
         return self.moments.sync_dist
@@ -138,32 +135,72 @@ class MEmeL(nn.Module):
         self.selector.sync_dist = bool(value)
 
     @property
-    def record_metrics(self) -> bool:
-        """Whether this step keeps metrics (also tells the strategy, e.g. ``Regularize.last_loss``)."""
-        return self._record_metrics
-
-    @record_metrics.setter
-    def record_metrics(self, value: bool) -> None:
-        self._record_metrics = bool(value)
-        self.strategy.record_metrics = bool(value)
-
-    @property
     def inhibiting(self) -> bool:
         """Whether the next training batch is past the late start."""
-        return self.step >= self.late_start
+        return self.step >= self.config.late_start
 
-    def _layout(self, z: Tensor) -> tuple[list[int], bool]:
-        """Permutation that puts (batch, pooled axes, neuron axes) in order."""
-        ndim_s = z.dim() - 1
-        if any(d >= ndim_s for d in self.reduce_dims):
-            raise ValueError(
-                f"tap {self.name!r}: reduce_dims={self.reduce_dims} but the output {tuple(z.shape)} has "
-                f"only {ndim_s} neuron axes"
-            )
-        kept = [d for d in range(ndim_s) if d not in self.reduce_dims]
-        perm = [0] + [1 + d for d in self.reduce_dims] + [1 + d for d in kept]
-        return perm, perm == list(range(z.dim()))
+    def get_extra_state(self) -> dict:
+        return {"step": self.step, "neuron_shape": self.neuron_shape}
 
+    def set_extra_state(self, state: dict) -> None:
+        self.step = int(state["step"])
+        shape = state.get("neuron_shape")
+        self.neuron_shape = None if shape is None else tuple(int(s) for s in shape)
+
+    # ------------------------------------------------------------------ lifecycle
+    def begin_step(self, record: bool = True, histogram: bool = False, loss_scale: Any = 1.0) -> None:
+        """Open a training step: ``record`` its metrics, keep a phi ``histogram`` sample,
+        scale the regulariser's gradient by ``loss_scale`` (a float or device tensor)."""
+        if self._in_step:
+            raise RuntimeError(f"tap {self.name!r}: begin_step called twice without end_step")
+        self._in_step = True
+        self._trained = False
+        self._inhibit_step = self.inhibiting
+        self._loss_scale = loss_scale
+        self._recording = bool(record or histogram)
+        self._acc = None  # created at the first call, on the activations' device
+        self._histogram = [] if histogram else None
+
+    def close_step(self) -> Optional[StepAccumulator]:
+        """End the step without computing metrics: the local states (None when not
+        recording), sized for the cross-rank merge. :class:`TapSet` merges many taps'
+        states with one collective and calls :meth:`metrics_from`."""
+        if not self._in_step:
+            raise RuntimeError(f"tap {self.name!r}: end_step called without begin_step")
+        self._in_step = False
+        if self._trained:
+            self.step += 1
+        self._loss_scale = 1.0
+        acc, self._acc = self._acc, None
+        if self._recording and acc is None:  # no training call this step: empty states
+            acc = StepAccumulator(self.metric_groups, self.moments.skipped.device)
+        self._recording = False
+        if acc is not None:
+            acc.resize(self.moments.num_neurons)  # the same on every rank when synced
+        return acc
+
+    def metrics_from(self, states: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The step's metrics from merged states (plus the histogram sample, if asked)."""
+        out = compute_metrics(self.metric_groups, states, self.config.tau_report, self.config.max_share)
+        if self._histogram:
+            out[PHI_SAMPLE] = torch.cat(self._histogram)
+        self._histogram = None
+        return out
+
+    def end_step(self) -> dict[str, Tensor]:
+        """Close the step; its metrics over all calls (empty when not recording).
+
+        Keys: the per-tap names of :data:`~.metrics.METRICS` present for this tap, the
+        counts behind them and ``kills_per_neuron``; reduced across ranks (one
+        collective) when ``sync_dist``."""
+        acc = self.close_step()
+        if acc is None:
+            self._histogram = None
+            return {}
+        states = reduce_across_ranks([acc])[0] if self.sync_dist else acc.snapshot()
+        return self.metrics_from(states)
+
+    # ------------------------------------------------------------------ shapes
     def _check_shape(self, z: Tensor) -> None:
         if z.dim() < 2:
             raise ValueError(f"tap {self.name!r}: expected an output of shape (B, *S), got {tuple(z.shape)}")
@@ -185,130 +222,98 @@ class MEmeL(nn.Module):
         if self.variable_shape and shape[0] > saved[0]:
             self.neuron_shape = shape
 
-    def _as_samples(self, z: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor], list[int], bool]:
-        perm, identity = self._layout(z)
-        npool = 1 + len(self.reduce_dims)
-        zp = z if identity else z.permute(perm)
-        n = 1
-        for s in zp.shape[:npool]:
-            n *= s
-        z2 = zp.reshape(n, -1)
-        m2 = None
-        if mask is not None:
-            if mask.dim() > z.dim() or tuple(mask.shape) != tuple(z.shape[: mask.dim()]):
-                raise ValueError(
-                    f"tap {self.name!r}: mask of shape {tuple(mask.shape)} does not match the leading axes "
-                    f"of the output {tuple(z.shape)}"
-                )
-            m = mask.to(device=z.device, dtype=torch.bool)
-            m = m.reshape(tuple(m.shape) + (1,) * (z.dim() - m.dim())).expand(z.shape)
-            m2 = (m if identity else m.permute(perm)).reshape(n, -1)
-        return z2, m2, perm, identity
-
-    @staticmethod
-    def _restore(out2: Tensor, z: Tensor, perm: list[int], identity: bool) -> Tensor:
-        if identity:
-            return out2.reshape(z.shape)
-        permuted_shape = [z.shape[p] for p in perm]
-        inverse = [perm.index(i) for i in range(len(perm))]
-        return out2.reshape(permuted_shape).permute(inverse).contiguous()
+    def _check_k(self, num: int) -> None:
+        if isinstance(self.selector, TopK) and self.selector.k > num and not self.variable_shape:
+            raise MEmeLConfigError(
+                f"memel.k={self.selector.k} is larger than the {num} neurons per sample of tap {self.name!r}; "
+                f"choose k <= {num}"
+            )
 
     # ------------------------------------------------------------------ forward
-    def forward(self, z: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, z: Tensor, mask: Optional[Tensor] = None, labels: Optional[Tensor] = None) -> Tensor:
         if not z.is_floating_point():
             raise TypeError(f"tap {self.name!r}: MEmeL needs a floating-point output, got {z.dtype}")
         training = self.training
-        if not training and not self.active_in_eval:
+        if not training and not self.config.active_in_eval:
             return z
+        if training and not self._in_step:  # plain use: the call is a step of its own
+            self.begin_step(record=False)
+            try:
+                return self._forward(z, mask, labels, training)
+            finally:
+                self.close_step()
+        return self._forward(z, mask, labels, training)
+
+    def _forward(self, z: Tensor, mask: Optional[Tensor], labels: Optional[Tensor], training: bool) -> Tensor:
         if self.moments.skipped.device != z.device:
             self.to(z.device)
         self._check_shape(z)
-        z2, m2, perm, identity = self._as_samples(z, mask)
+        z2 = self.layout.to_samples(z)
+        m2 = self.layout.mask_to_samples(mask, z)
         x = z2.detach()
-
         num = z2.shape[1]
+        self._check_k(num)
         if self.moments.variable_size and self.moments.initialized:
             self.moments.grow(num)  # a longer sequence than any so far: new positions unseen
         # Scoring with statistics from before this batch (score_with="previous", or frozen
         # in eval) must skip neurons that have none yet (count 0: phi would be meaningless).
         scored_mask = m2
-        stale = not training or self.score_with == "previous"
+        stale = not training or self.config.score_with == "previous"
         if stale and self.moments.initialized and (self.moments.variable_size or m2 is not None):
             seen = self.moments.count[:num] > 0
             scored_mask = seen.expand_as(z2) if m2 is None else m2 & seen
 
         phi = None
         if training:
-            if self.score_with == "previous" and self.moments.initialized:
-                phi = monosemantic_scale(x, self.moments, self.eps)
-            inhibit = self.inhibiting
-            self.moments.update(x, m2)
-            self.step += 1
+            if self.config.score_with == "previous" and self.moments.initialized:
+                phi = monosemantic_scale(x, self.moments, self.config.eps)
+            inhibit = self._inhibit_step  # docs/method.md §4.0: late_start counts steps (batches)
+            self.moments.update(x, m2)  # docs/method.md §2: one statistics update per call
+            self._trained = True
         else:
             inhibit = self.moments.initialized and self.inhibiting
         if not self.moments.initialized:
             return z
-        mu, denom = scale_parameters(self.moments, num, self.eps)  # once per step
-        if phi is None and (self.score_with == "updated" or not training):
-            phi = phi_from(x, mu, denom)
+        mu, denom = scale_parameters(self.moments, num, self.config.eps)  # once per call
+        if phi is None and (self.config.score_with == "updated" or not training):
+            phi = phi_from(x, mu, denom)  # docs/method.md §3
         if phi is None:  # first batch scored on previous statistics: nothing to score with
             return z
 
         selected = self.selector(phi, scored_mask, update=training)
-        out2 = self.strategy(z2, selected, TapStatistics(mu, denom)) if inhibit else z2
-        if self.record_metrics:
-            self._record(phi, selected if inhibit else None, scored_mask)
-        return z if out2 is z2 else self._restore(out2, z, perm, identity)
+        stats = TapStatistics(mu, denom, loss_scale=self._loss_scale if training else 1.0)
+        out2 = self.strategy(z2, selected, stats) if inhibit else z2  # docs/method.md §4-§5
+        if training and self._in_step:
+            self._record(z2, phi, selected if inhibit else None, scored_mask, labels, stats)
+        return z if out2 is z2 else self.layout.restore(out2, z)
 
     # ------------------------------------------------------------------ metrics
     @torch.no_grad()
-    def _record(self, phi: Tensor, selected: Optional[Tensor], mask: Optional[Tensor]) -> None:
-        n, f = phi.shape
-        if mask is None:
-            valid = phi.new_full((), float(n * f))  # a fill, not a host-to-device copy
-            per_neuron_valid = phi.new_full((f,), float(n))
-            phi_sum = phi.sum()
-            col_max = phi.amax(dim=0)
-        else:
-            per_neuron_valid = mask.sum(0).float()
-            valid = per_neuron_valid.sum()
-            phi_sum = phi.masked_fill(~mask, 0.0).sum()  # not phi * mask: NaN * 0 is NaN
-            col_max = phi.masked_fill(~mask, float("-inf")).amax(dim=0)
-        has_values = per_neuron_valid > 0
-        neurons = has_values.sum().float()
-        mono = ((col_max > self.tau_report) & has_values).sum().float()
-        per_neuron_kills = None
-        if selected is None:
-            kills = false_kills = phi.new_zeros(())
-        else:
-            per_neuron_kills = selected.sum(0).float()
-            broad = per_neuron_kills > self.max_share * per_neuron_valid
-            kills = per_neuron_kills.sum()
-            false_kills = (per_neuron_kills * broad).sum()
-        metrics = {
-            "selected_frac": kills / valid.clamp(min=1.0),
-            "mono_ratio": mono / neurons.clamp(min=1.0),
-            "phi_mean": phi_sum / valid.clamp(min=1.0),
-            "phi_max": col_max.max() if f > 0 else phi.new_zeros(()),
-            "fkr": false_kills / kills.clamp(min=1.0),
-            "kills": kills,
-            "false_kills": false_kills,
-            "mono_neurons": mono,
-            "neurons": neurons,
-            "values": valid,
-        }
-        reg_loss = getattr(self.strategy, "last_loss", None)
-        if reg_loss is not None and selected is not None:
-            metrics["reg_loss"] = reg_loss
-        self.last_metrics = metrics
-        self.last_kills_per_neuron = per_neuron_kills
-        if self.record_histogram:
+    def _record(
+        self, z2: Tensor, phi: Tensor, selected: Optional[Tensor], mask: Optional[Tensor],
+        labels: Optional[Tensor], stats: TapStatistics,
+    ) -> None:
+        if self._recording:
+            if self._acc is None:
+                self._acc = StepAccumulator(self.metric_groups, phi.device)
+            penalty = None
+            if selected is not None and isinstance(self.strategy, Regularize):
+                penalty = self.strategy.penalty(z2, selected, stats)
+            rows_labels = None
+            if labels is not None:  # one label per batch item -> one per sample row
+                per_item = z2.shape[0] // max(labels.shape[0], 1)
+                rows_labels = labels.repeat_interleave(per_item) if per_item > 1 else labels
+            call = TapCall(phi, selected, mask, rows_labels, penalty)
+            for group in self.metric_groups:
+                group.update(self._acc, call)
+        if self._histogram is not None:
             values = phi.flatten() if mask is None else phi[mask]
             stride = max(1, values.numel() // HISTOGRAM_SAMPLES)
-            self.last_phi_sample = values[::stride].detach()
+            self._histogram.append(values[::stride].detach())
 
     def extra_repr(self) -> str:
+        c = self.config
         return (
-            f"name={self.name!r}, late_start={self.late_start}, eps={self.eps}, score_with={self.score_with!r}, "
-            f"reduce_dims={self.reduce_dims}, active_in_eval={self.active_in_eval}"
+            f"name={self.name!r}, late_start={c.late_start}, eps={c.eps}, score_with={c.score_with!r}, "
+            f"reduce_dims={self.reduce_dims}, active_in_eval={c.active_in_eval}"
         )

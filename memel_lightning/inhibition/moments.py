@@ -1,4 +1,4 @@
-"""Per-neuron running mean and variance: Lemma 3.2 of MEmeL (SPEC section 2)."""
+"""Per-neuron running mean and variance: Lemma 3.2 of MEmeL (docs/method.md §2)."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -13,7 +13,7 @@ class NonFiniteStatisticsError(FloatingPointError):
 
 
 def batch_moments(x: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-neuron sample count, mean and *sum of squared deviations* of ``x``.
+    """Per-neuron sample count, mean and *sum of squared deviations* of ``x`` (docs/method.md §2.1).
 
     ``x`` is ``(N, F)``: N samples of F neurons. ``mask`` (bool, ``(N, F)``) marks the
     values that count. Returned in float32, each of shape ``(F,)``; a neuron with no
@@ -36,7 +36,7 @@ def batch_moments(x: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Ten
 
 
 def all_reduce_moments(n: Tensor, mean: Tensor, m2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Combine per-rank batch moments into those of the global batch (SPEC section 2).
+    """Combine per-rank batch moments into those of the global batch (docs/method.md §2.3).
 
     Sums ``count``, ``sum`` and ``sum of squares`` over the default process group in one
     float64 all-reduce; float64 keeps ``sum_sq - n * mean^2`` free of cancellation.
@@ -164,7 +164,7 @@ class RunningMoments(nn.Module):
                 f"tap {self.name!r}: the batch contains NaN or inf activations; the running "
                 "statistics were not updated"
             )
-        self.skipped.add_(~finite)
+        self.skipped.add_(~finite)  # docs/method.md §2.5
         self._merge(n, mb, m2, finite)
         return finite
 
@@ -190,9 +190,9 @@ class RunningMoments(nn.Module):
         count, steps = self.count[:num], self.steps[:num]
 
         seen = (b > 0) & finite            # neurons with at least one valid value
-        # Forgetting: after n_f merged batches the old statistics weigh as n_f batches.
+        # Forgetting (docs/method.md §2.4): after n_f merged updates the old statistics weigh as n_f batches.
         m = torch.where(steps >= self.forget_steps, b * self.forget_steps, count.float())
-        # Lemma 3.2, with w = b / (m + b), d = mb - mu and b * vb = m2:
+        # Lemma 3.2 (docs/method.md §2.2), with w = b / (m + b), d = mb - mu and b * vb = m2:
         #   mu' = (m*mu + b*mb) / (m+b)                                  = mu + w*d
         #   v'  = m*b*d^2 / ((m+b-1)(m+b)) + (b*vb + (m-1)*v) / (m+b-1) = (m*w*d^2 + m2 + (m-1)*v) / (m+b-1)
         # The first batch (m = 0) needs no special case: an unseen neuron has mu = v = 0,

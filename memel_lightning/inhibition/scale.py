@@ -1,4 +1,4 @@
-"""The Monosemantic Scale (MEmeL, Definition 3.1; SPEC section 3)."""
+"""The Monosemantic Scale (MEmeL, Definition 3.1; docs/method.md §3)."""
 from __future__ import annotations
 
 import torch
@@ -8,7 +8,7 @@ from .moments import RunningMoments
 
 
 def variance_floor(var: Tensor, count: Tensor, eps: float) -> Tensor:
-    """``eps * mean_k(v_k)`` over the neurons seen so far (the variance compensation)."""
+    """``eps * mean_k(v_k)`` over the neurons seen so far (the variance compensation, docs/method.md §3)."""
     seen = (count > 0).float()
     return eps * (var * seen).sum() / seen.sum().clamp(min=1.0)  # no host sync
 
@@ -18,7 +18,7 @@ def monosemantic_scale(
     moments: RunningMoments,
     eps: float = 0.01,
 ) -> Tensor:
-    r"""``phi_i(z) = (z - mu_i)^2 / (v_i + eps * mean_k(v_k))`` for every value of ``x``.
+    r"""``phi_i(z) = (z - mu_i)^2 / (v_i + eps * mean_k(v_k))`` for every value of ``x`` (docs/method.md §3).
 
     ``x`` is ``(N, F)`` or ``(N, *S)`` with ``prod(S)`` neurons (a prefix of the
     statistics when they are of variable size); the result is float32, shaped like

@@ -1,4 +1,4 @@
-"""Selecting the monosemantic activations from their phi scores (SPEC section 4).
+"""Selecting the monosemantic activations from their phi scores (docs/method.md §4).
 
 A selector maps phi, shaped ``(N, F)`` (N samples, F neurons), and an optional bool
 validity mask of the same shape to a bool selection of that shape. Masked values are
@@ -28,10 +28,10 @@ class Selector(nn.Module):
 
 
 class TopK(Selector):
-    """For every sample (row) the ``k`` values of highest phi across the tap's neurons.
+    """For every sample (row) the ``k`` values of highest phi across the tap's neurons (§4.1).
 
-    All values tied with the k-th largest are selected too (SPEC: "ties are all
-    selected"), so a row may hold more than ``k`` selections.
+    All values tied with the k-th largest are selected too (docs/method.md §4.1:
+    ties are all selected), so a row may hold more than ``k`` selections.
 
     Example:
         >>> TopK(k=1)(torch.tensor([[1.0, 3.0, 3.0], [5.0, 0.0, 1.0]]))
@@ -60,7 +60,7 @@ class TopK(Selector):
 
 
 class Threshold(Selector):
-    """Every value with ``phi > tau`` (a fixed threshold)."""
+    """Every value with ``phi > tau`` (a fixed threshold, docs/method.md §4.2)."""
 
     def __init__(self, tau: float) -> None:
         super().__init__()
@@ -77,7 +77,7 @@ class Threshold(Selector):
 
 
 class MovingThreshold(Selector):
-    r"""One scalar threshold per tap that tracks the ``(1 - rho)`` quantile of phi.
+    r"""One scalar threshold per tap that tracks the ``(1 - rho)`` quantile of phi (§4.3).
 
     Selects ``phi > tau`` with the current ``tau``, then, in training, nudges ``tau`` by
     the selected fraction ``f`` of this step (a Robbins-Monro quantile tracker in log
@@ -157,7 +157,7 @@ class MovingThreshold(Selector):
             fraction = hits / max(selected.numel(), 1)
         else:
             fraction = hits / mask.sum(dtype=torch.float32).clamp(min=1.0)
-        # log tau <- log tau + lr * clip((f - rho) / rho, -1, 1)
+        # docs/method.md §4.3: log tau <- log tau + lr * clip((f - rho) / rho, -1, 1)
         step = ((fraction - self.target_ratio) / self.target_ratio).clamp_(-1.0, 1.0)
         self.tau.mul_(torch.exp(step.mul_(self.lr)))
         self.last_fraction.copy_(fraction)
@@ -173,8 +173,10 @@ SELECTORS: dict[str, type[Selector]] = {
 }
 
 
-def build_selector(name: str, *, k: int = 1, tau: Optional[float] = None, target_ratio: float = 0.02) -> Selector:
-    """Build a selector by its SPEC name: ``topk``, ``threshold`` or ``moving_threshold``."""
+def build_selector(
+    name: str, *, k: int = 1, tau: Optional[float] = None, target_ratio: float = 0.02, lr: float = 0.1
+) -> Selector:
+    """Build a selector by its name: ``topk``, ``threshold`` or ``moving_threshold`` (§4)."""
     if name == "topk":
         return TopK(k)
     if name == "threshold":
@@ -182,5 +184,5 @@ def build_selector(name: str, *, k: int = 1, tau: Optional[float] = None, target
             raise ValueError("selector='threshold' needs tau (phi above which a value is selected)")
         return Threshold(tau)
     if name == "moving_threshold":
-        return MovingThreshold(target_ratio)
+        return MovingThreshold(target_ratio, lr)
     raise ValueError(f"unknown selector {name!r}; choose one of {sorted(SELECTORS)}")

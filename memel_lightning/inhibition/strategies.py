@@ -1,4 +1,4 @@
-"""Inhibition strategies: what happens to a selected activation (SPEC section 5).
+"""Inhibition strategies: what happens to a selected activation (docs/method.md §5).
 
 Every strategy maps ``z`` (``(N, F)``), the bool ``selected`` of the same shape and the
 tap's statistics to the value passed on. Unselected values pass through untouched,
@@ -20,7 +20,7 @@ would round ``mu`` in low precision and keep two activation-sized tensors alive.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Union
 
 import torch
 from torch import Tensor, nn
@@ -29,14 +29,19 @@ from torch import Tensor, nn
 @dataclass
 class TapStatistics:
     """What a strategy may read: per-neuron ``mean`` and phi's denominator
-    ``denom = v + eps * mean_k(v_k)``, both float32 ``(F,)``."""
+    ``denom = v + eps * mean_k(v_k)``, both float32 ``(F,)``, and ``loss_scale``, the
+    factor the training loop applies to the loss before backward (1 / gradient
+    accumulation x the AMP loss scale; a float or a device tensor), which a strategy
+    adding a loss term must apply to its gradient too."""
 
     mean: Tensor
     denom: Tensor
+    loss_scale: Union[float, Tensor] = 1.0
 
 
 class ReplaceWithMean(torch.autograd.Function):
-    """Forward: ``where(selected, mu, z)``. Backward: ``grad * where(selected, g, 1)``."""
+    """Forward: ``where(selected, mu, z)``. Backward: ``grad * where(selected, g, 1)``
+    (docs/method.md §5.1: g = -delta, 0 or +1)."""
 
     @staticmethod
     def forward(ctx, z: Tensor, selected: Tensor, mean: Tensor, grad_scale: float) -> Tensor:
@@ -58,21 +63,14 @@ class ReplaceWithMean(torch.autograd.Function):
 
 
 class Strategy(nn.Module):
-    """Base class: ``forward(z, selected, stats) -> z'`` of z's shape and dtype.
-
-    ``record_metrics`` is set by :class:`~memel_lightning.inhibition.MEmeL` before every
-    call; a strategy with metrics of its own (``Regularize.last_loss``) computes them
-    only when it is true, so steps that log nothing pay nothing for them.
-    """
-
-    record_metrics: bool = True
+    """Base class: ``forward(z, selected, stats) -> z'`` of z's shape and dtype."""
 
     def forward(self, z: Tensor, selected: Tensor, stats: TapStatistics) -> Tensor:
         raise NotImplementedError
 
 
 class ReverseDeactivation(Strategy):
-    """Reverse Deactivation (MEmeL eq. 12): ``z' = -delta*z + sg(mu + delta*z)``.
+    """Reverse Deactivation (MEmeL eq. 12, docs/method.md §5): ``z' = -delta*z + sg(mu + delta*z)``.
 
     The forward value is the running mean ``mu``; the gradient is ``-delta``, so the
     update pushes the neuron *away* from the response it gave. ``delta = 0`` is
@@ -129,14 +127,14 @@ class _IdentityWithRegulariser(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         z, selected, mean, coef = ctx.saved_tensors
         work = torch.promote_types(z.dtype, torch.float32)
-        # d/dz [lambda/N * (z - mu)^2 / denom] = 2 * lambda / (N * denom) * (z - mu) on selected values
+        # docs/method.md §5.2: d/dz [lambda/N * (z - mu)^2 / denom] = 2 * lambda / (N * denom) * (z - mu) on selected values
         extra = z.to(work) - mean.to(work)  # a new tensor: z itself is never written
         extra.mul_(coef.to(work)).masked_fill_(selected.logical_not(), 0.0)
         return grad + extra.to(grad.dtype), None, None, None
 
 
 class Regularize(Strategy):
-    r"""L2E-style inhibition by a loss term, without touching ``training_step``.
+    r"""L2E-style inhibition by a loss term, without touching ``training_step`` (docs/method.md §5.2).
 
     Forward values are unchanged. Backward adds the gradient of
 
@@ -148,10 +146,10 @@ class Regularize(Strategy):
     reaches the parameters through the normal backward of the task loss, as if ``R``
     had been added to it (an autograd function that is the identity forward). Since the
     trainer scales the task loss before backward (``1 / accumulate_grad_batches``, and
-    the AMP loss scale under fp16), R's gradient is multiplied by ``grad_multiplier``,
-    which :class:`~memel_lightning.MEmeLCallback` sets to that same factor every step
-    (1 when used alone). When ``record_metrics`` is on, R of the step is kept in
-    ``last_loss`` for logging (``None`` otherwise: no extra pass over the activations).
+    the AMP loss scale under fp16), R's gradient is multiplied by ``stats.loss_scale``,
+    the same factor (``MEmeL.begin_step(loss_scale=...)``; the callback passes the
+    trainer's; 1 when used alone). :meth:`penalty` gives ``N * R`` for the metrics
+    (docs/method.md §5.2 and §6.5, computed on recording steps only).
     The output is a view of ``z`` (no copy): a module after the tap must not modify it
     in place (autograd raises if it does).
 
@@ -168,22 +166,20 @@ class Regularize(Strategy):
     def __init__(self, reg_lambda: float = 1e-3) -> None:
         super().__init__()
         self.reg_lambda = float(reg_lambda)
-        self.last_loss: Optional[Tensor] = None
-        self.grad_multiplier: Union[float, Tensor] = 1.0
+
+    @torch.no_grad()
+    def penalty(self, z: Tensor, selected: Tensor, stats: TapStatistics) -> Tensor:
+        """``lambda * sum_selected (z - mu)^2 / denom`` (R times the rows N), float64."""
+        sq = (z.float() - stats.mean).square_().div_(stats.denom)
+        return torch.where(selected, sq, 0.0).sum(dtype=torch.float64) * self.reg_lambda
 
     def forward(self, z: Tensor, selected: Tensor, stats: TapStatistics) -> Tensor:
         scale = self.reg_lambda / max(z.shape[0], 1)
-        if self.record_metrics:
-            with torch.no_grad():
-                sq = (z.float() - stats.mean).square_().div_(stats.denom)
-                self.last_loss = torch.where(selected, sq, 0.0).sum() * scale
-        else:
-            self.last_loss = None
         if not z.requires_grad or not torch.is_grad_enabled():
             return z
         work = torch.promote_types(z.dtype, torch.float32)
         coef = (2.0 * scale) / stats.denom.to(work).clamp(min=torch.finfo(torch.float32).tiny)
-        coef = coef * self.grad_multiplier  # scaled like the task loss (accumulation, AMP)
+        coef = coef * stats.loss_scale  # scaled like the task loss (accumulation, AMP)
         return _IdentityWithRegulariser.apply(z, selected, stats.mean, coef)
 
     def extra_repr(self) -> str:
@@ -200,7 +196,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
 
 
 def build_strategy(name: str, *, delta: float = 1.0, reg_lambda: float = 1e-3) -> Strategy:
-    """Build a strategy by its SPEC name (see :data:`STRATEGIES`)."""
+    """Build a strategy by its name (see :data:`STRATEGIES`, docs/method.md §5)."""
     if name == "reverse":
         return ReverseDeactivation(delta)
     if name == "regularize":

@@ -85,10 +85,42 @@ def timm_default_taps(model: nn.Module, prefix: str = "") -> list[str]:
 
 
 # ---------------------------------------------------------------------- checkpoints
+IMAGENET22K_CLASSES = 21841
+IMAGENET22K_TO_1K = Path(__file__).parent / "resources" / "imagenet22k_to_1k.txt"
+
+
+def resolve_head_class_map(
+    head_class_map: Optional[Union[str, Path]], checkpoint_classes: int, model_classes: int
+) -> Optional[Path]:
+    """The class-row map to use for a classifier of ``checkpoint_classes`` rows loaded into one of
+    ``model_classes``: ``"auto"`` (the default) picks the shipped ImageNet-22k -> 1k map (the
+    official Swin release's ``map22kto1k.txt``: row ``i`` of the 1k head is row ``map[i]`` of the
+    22k head) exactly when a 21841-class head meets a 1000-class model, as the official Swin
+    fine-tuning code does, and otherwise none (the head starts at zero); ``None``/``"none"``
+    never maps; a path names a map file.
+
+    Example:
+        >>> resolve_head_class_map("auto", 21841, 1000).name
+        'imagenet22k_to_1k.txt'
+        >>> resolve_head_class_map("auto", 21841, 10) is None
+        True
+    """
+    if head_class_map is None or str(head_class_map).strip().lower() in ("none", "null", ""):
+        return None
+    if str(head_class_map).strip().lower() == "auto":
+        if checkpoint_classes == IMAGENET22K_CLASSES and model_classes == 1000:
+            return IMAGENET22K_TO_1K
+        return None
+    path = Path(head_class_map).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"head_class_map {str(head_class_map)!r} does not exist (a text file of row indices)")
+    return path
+
+
 def load_pretrained_file(
     model: nn.Module,
     path: Union[str, Path],
-    head_class_map: Optional[Union[str, Path]] = None,
+    head_class_map: Optional[Union[str, Path]] = "auto",
 ) -> dict[str, list[str]]:
     """Load a local checkpoint (``.pth``/``.safetensors``) into a timm ``model``.
 
@@ -96,10 +128,11 @@ def load_pretrained_file(
     old block layout, ImageNet-22k head): the state dict is unwrapped (``model``,
     ``state_dict``, ``module.`` prefixes), converted by the model family's timm
     ``checkpoint_filter_fn`` when it has one, and loaded. A classifier whose shape differs
-    from the model's (22k -> 1k, or any ``num_classes``) is not loaded: as in the official
-    Swin fine-tuning code the new head starts at zero, unless ``head_class_map`` names a
-    text file with one checkpoint row index per model class (the official
-    ``map22kto1k.txt``), in which case those rows are kept. Any other missing or unexpected
+    from the model's is handled as the official Swin fine-tuning code does: a 22k head
+    loaded into a 1k model keeps the 22k rows of the 1k classes (``head_class_map="auto"``,
+    the shipped map, see :func:`resolve_head_class_map`; or a map file of one checkpoint row
+    index per model class); any other mismatch (or ``head_class_map=None``) starts the new
+    head at zero. Any other missing or unexpected
     key is an error. Returns ``{"head_reset": [...], "head_mapped": [...]}``.
 
     Example:
@@ -127,12 +160,18 @@ def load_pretrained_file(
         key = f"{classifier}.{suffix}" if classifier else None
         if key is None or key not in state or key not in own or state[key].shape == own[key].shape:
             continue
-        if head_class_map is not None:
-            rows = torch.tensor([int(line) for line in Path(head_class_map).read_text().split()], dtype=torch.long)
+        class_map = resolve_head_class_map(head_class_map, state[key].shape[0], own[key].shape[0])
+        if class_map is not None:
+            rows = torch.tensor([int(line) for line in class_map.read_text().split()], dtype=torch.long)
             if len(rows) != own[key].shape[0]:
                 raise ValueError(
-                    f"head_class_map {str(head_class_map)!r} has {len(rows)} indices, the model has "
+                    f"head_class_map {str(class_map)!r} has {len(rows)} indices, the model has "
                     f"{own[key].shape[0]} classes"
+                )
+            if int(rows.max()) >= state[key].shape[0]:
+                raise ValueError(
+                    f"head_class_map {str(class_map)!r} names row {int(rows.max())} but the checkpoint's head "
+                    f"has {state[key].shape[0]} rows"
                 )
             state[key] = state[key][rows]
             report["head_mapped"].append(key)
@@ -209,7 +248,7 @@ class ImageClassifier(pl.LightningModule):
         pretrained: Union[bool, str] = False,
         num_classes: int = 1000,
         model_kwargs: Optional[dict[str, Any]] = None,
-        head_class_map: Optional[str] = None,
+        head_class_map: Optional[str] = "auto",
         lr: float = 2e-5,
         warmup_lr: float = 2e-8,
         min_lr: float = 2e-7,
@@ -367,7 +406,7 @@ def build_timm_model(
     pretrained: Union[bool, str] = False,
     num_classes: int = 1000,
     model_kwargs: Optional[dict[str, Any]] = None,
-    head_class_map: Optional[str] = None,
+    head_class_map: Optional[str] = "auto",
 ) -> nn.Module:
     """``timm.create_model`` with ``pretrained`` as False, True (hub) or a local file.
 

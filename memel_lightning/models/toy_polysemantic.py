@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import Optional
 
 import lightning.pytorch as pl
 import torch
@@ -35,10 +36,11 @@ class PolysemanticToy(pl.LightningModule):
     and ``val_phi_true_positives`` (the counts behind precision and recall).
 
     Trained with a :class:`~memel_lightning.MEmeLCallback` on ``encoder``, every step the
-    callback records (its ``log_every_n_steps``) the model also logs, at the same step as
-    ``memel/fkr``, the *true* false-kill rate: ``train_true_fkr``, the share of the
-    step's kills on neurons that are not truly monosemantic (polysemantic or dead, truth
-    measured on the weights that produced the kills), and its dead part
+    callback records (its ``log_every_n_steps``) it hands the step's metrics to
+    :meth:`memel_step_end`, and the model logs, at the same step as
+    ``memel/kill_concentration``, the *true* false-kill rate: ``train_true_fkr``, the
+    share of the step's kills on neurons that are not truly monosemantic (polysemantic
+    or dead, truth measured on the weights that produced the kills), and its dead part
     ``train_dead_kill_frac`` (:func:`~memel_lightning.analysis.ground_truth.true_kill_rates`).
 
     Example:
@@ -68,6 +70,7 @@ class PolysemanticToy(pl.LightningModule):
         self.encoder = nn.Sequential(OrderedDict(fc=nn.Linear(n_features, hidden), act=nn.ReLU()))
         self.decoder = nn.Linear(hidden, n_features)
         self._val_hidden: list[Tensor] = []
+        self._step_truth: Optional[NeuronTruth] = None  # the truth of the weights of this step's forward
         self.last_kill_truth: dict[str, float] = {}  # the last recorded step's true kill rates
 
     def memel_taps(self) -> list[str]:
@@ -94,35 +97,30 @@ class PolysemanticToy(pl.LightningModule):
         response = feature_response(lambda x: torch.relu(fc(x.to(fc.weight.device))).cpu(), self.hparams.n_features)
         return neuron_truth(response, self.hparams.mono_threshold)
 
-    def _encoder_memel(self):
-        """The MEmeL a callback attached to ``encoder``, or None."""
-        trainer = self._trainer
-        for cb in (trainer.callbacks if trainer is not None else []):
-            if callable(getattr(cb, "memel_for", None)) and "encoder" in getattr(cb, "tap_names", ()):
-                return cb.memel_for("encoder")
-        return None
-
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x = batch[0]
         x_in = x + self.hparams.noise_std * torch.randn_like(x) if self.hparams.noise_std > 0 else x
         h = self.encoder(x_in)
-        memel = self._encoder_memel()
-        kills = None if memel is None else memel.last_kills_per_neuron
-        # before the optimizer step: the truth of the weights that produced these kills
-        self.last_kill_truth = {} if kills is None else true_kill_rates(kills, self.truth())
+        # before the optimizer step: the truth of the weights that produce this step's kills
+        self._step_truth = self.truth()
         recon = F.mse_loss(self.decode(h), x)
         loss = recon + self.hparams.l1 * h.abs().mean()
         self.log("train_loss", loss, prog_bar=True)
         self.log("train_recon_loss", recon)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        rates = self.last_kill_truth
-        if not rates or math.isnan(rates["true_fkr"]) or not self.trainer.is_global_zero:
+    def memel_step_end(self, metrics: dict[str, Tensor]) -> None:
+        """Called by MEmeLCallback after a recorded step: log the true kill rates of the
+        step's kills (``encoder/kills_per_neuron``) next to the callback's metrics."""
+        kills = metrics.get("encoder/kills_per_neuron")
+        if kills is None or self._step_truth is None:
             return
-        metrics = {"train_true_fkr": rates["true_fkr"], "train_dead_kill_frac": rates["dead_kill_frac"]}
+        self.last_kill_truth = rates = true_kill_rates(kills, self._step_truth)
+        if math.isnan(rates["true_fkr"]) or not self.trainer.is_global_zero:
+            return  # no kills this step (before the late start)
+        values = {"train_true_fkr": rates["true_fkr"], "train_dead_kill_frac": rates["dead_kill_frac"]}
         for logger in self.trainer.loggers:  # at the callback's step, not Lightning's log cadence
-            logger.log_metrics(metrics, step=self.trainer.global_step)
+            logger.log_metrics(values, step=self.trainer.global_step)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x = batch[0]
