@@ -134,7 +134,7 @@ def test_errors_name_the_file(root, tmp_path):
     with pytest.raises(FileNotFoundError, match="hko7_rainy_valid.pkl"):
         make_dm(bad).setup("validate")
     pd.DataFrame({"a": [1, 2]}).to_pickle(bad / "pd" / "hko7_rainy_valid.pkl")
-    with pytest.raises(ValueError, match="hko7_rainy_valid.pkl must be a pandas"):
+    with pytest.raises(ValueError, match="hko7_rainy_valid.pkl must be a DataFrame/Series indexed by datetimes"):
         make_dm(bad).setup("validate")
 
 

@@ -1,4 +1,4 @@
-"""HKO-7 metrics against a direct float64 numpy computation of SPEC section 9."""
+"""HKO-7 metrics against a direct float64 numpy computation of docs/method.md §9."""
 import numpy as np
 import pytest
 import torch
@@ -156,3 +156,30 @@ def test_states_reduce_by_sum_like_ddp(data, cls):
     r1.update(torch.from_numpy(pred[:, 1:]), torch.from_numpy(target[:, 1:]), torch.from_numpy(mask[:, 1:]))
     r0.merge_state(r1)
     torch.testing.assert_close(r0.compute(), full.compute(), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("cls,power", [(BalancedMSE, 2), (BalancedMAE, 1)])
+@pytest.mark.parametrize("time_axis", [0, 1])
+def test_balanced_errors_per_output_frame_match_numpy(cls, power, time_axis):
+    rng = np.random.default_rng(7)
+    t_out, chunks = 4, [3, 2]  # sequences arrive in two batches
+    preds, targets, masks = [], [], []
+    metric = cls(seq_len=t_out, time_axis=time_axis)
+    for b in chunks:
+        p, t = rng.random((t_out, b, 1, 6, 5)), rng.random((t_out, b, 1, 6, 5)) ** 3
+        m = rng.random((t_out, b, 1, 6, 5)) < 0.8
+        preds.append(p), targets.append(t), masks.append(m)
+        to = (lambda x: torch.from_numpy(np.ascontiguousarray(np.swapaxes(x, 0, 1)))) if time_axis else torch.from_numpy
+        metric.update(to(p), to(t), to(m))
+    p, t, m = (np.concatenate(x, axis=1) for x in (preds, targets, masks))
+    # per frame: weighted error summed over the frame's pixels, divided by the number of sequences
+    want = (np_weights(t) * m * np.abs(p - t) ** power).sum(axis=(2, 3, 4)).sum(axis=1) / p.shape[1]
+    got = metric.compute().numpy()
+    assert got.shape == (t_out,)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    # the mean over frames is the pooled figure
+    pooled = cls()
+    pooled.update(torch.from_numpy(p), torch.from_numpy(t), torch.from_numpy(m))
+    np.testing.assert_allclose(got.mean(), float(pooled.compute()), rtol=1e-12)
+    with pytest.raises(ValueError, match="seq_len=4 but the frames have 3 time steps"):
+        cls(seq_len=4).update(torch.zeros(3, 1, 1, 2, 2), torch.zeros(3, 1, 1, 2, 2))

@@ -1,26 +1,15 @@
-"""The HKO-7 radar-echo data set (Shi et al. 2017) in its on-disk layout.
+"""HKO-7 radar sequences for nowcasting (Shi et al. 2017) as a LightningDataModule.
 
-Layout (as the HKO-7 benchmark code, ``sxjscience/HKO-7``, reads it)::
-
-    <root>/radarPNG/YYYY/MM/DD/RADyymmddHHMM00.png       8-bit grey, 480x480, yy = year - 2000
-    <root>/radarPNG_mask/YYYY/MM/DD/RADyymmddHHMM00.mask zlib-compressed numpy bool (480, 480),
-                                                         true = pixel is used
-    <root>/pd/hko7_rainy_train.pkl                       pandas pickles whose DatetimeIndex is
-    <root>/pd/hko7_rainy_valid.pkl                       the split's frame list (one row per
-    <root>/pd/hko7_rainy_test.pkl                        6-minute frame)
-
-A ``.mask`` file is ``zlib.compress(mask.tobytes())`` of a C-ordered ``bool`` array, as
-the benchmark's ``nowcasting/mask.py`` writes it. Pixel values map to reflectivity by
-``dBZ = 70 p / 255 - 10`` (SPEC section 9).
+The files and their layout are read by :mod:`memel_lightning.data.hko7_files`; this
+module picks sequences, turns frames into tensors (the whole frame area-resized, or the
+MEmeL authors' central window at native resolution) and batches them.
 """
 from __future__ import annotations
 
 import json
-import os
-import zlib
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -29,82 +18,40 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .hko7_files import (  # noqa: F401  (re-exported: the layout's public names)
+    DEFAULT_FRAME_LISTS,
+    SPLITS,
+    STATIC_MASK_KEYS,
+    PathLike,
+    frame_path,
+    mask_path,
+    read_frame,
+    read_frame_list,
+    read_mask,
+    read_static_mask,
+    write_mask,
+)
 from .samplers import EpochSeededSampler, ResumableDataLoader
 
-PathLike = Union[str, os.PathLike]
-SPLITS = ("train", "valid", "test")
-DEFAULT_FRAME_LISTS = {split: f"hko7_rainy_{split}.pkl" for split in SPLITS}
+# The MEmeL authors' window: rows 224 -/+ S/2, columns 235 -/+ S/2 of the 480x480 frame
+# ("120*120 central areas for Hong Kong, covering all the land areas"): 164:284, 175:295.
+CENTRAL_CENTER = (224, 235)
+EVAL_STARTS = ("gapfree", "timeline")
 
 
-def _stamp(ts: Any) -> str:
-    return "RAD%02d%02d%02d%02d%02d00" % (ts.year - 2000, ts.month, ts.day, ts.hour, ts.minute)
+def central_window(raw_size: int, size: int) -> tuple[slice, slice]:
+    """Rows and columns of the authors' central ``size x size`` window of a ``raw_size``
+    frame (centre (224, 235) at 480, scaled for other sizes).
 
-
-def frame_path(png_dir: PathLike, ts: Any) -> Path:
-    """``png_dir/YYYY/MM/DD/RADyymmddHHMM00.png`` for timestamp ``ts``."""
-    return Path(png_dir) / f"{ts.year:04d}" / f"{ts.month:02d}" / f"{ts.day:02d}" / f"{_stamp(ts)}.png"
-
-
-def mask_path(mask_dir: PathLike, ts: Any) -> Path:
-    """``mask_dir/YYYY/MM/DD/RADyymmddHHMM00.mask`` for timestamp ``ts``."""
-    return Path(mask_dir) / f"{ts.year:04d}" / f"{ts.month:02d}" / f"{ts.day:02d}" / f"{_stamp(ts)}.mask"
-
-
-def write_mask(mask: np.ndarray, path: PathLike) -> None:
-    """Write a bool mask as the benchmark does: ``zlib.compress(mask.tobytes(), 2)``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(zlib.compress(np.ascontiguousarray(mask, dtype=bool).tobytes(), 2))
-
-
-def read_mask(path: PathLike, size: int = 480) -> np.ndarray:
-    """Read a ``.mask`` file into a ``(size, size)`` bool array (true = use the pixel)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"HKO-7 mask file {path} does not exist")
-    try:
-        raw = zlib.decompress(path.read_bytes())
-    except zlib.error as exc:
-        raise ValueError(f"HKO-7 mask file {path} is not zlib-compressed ({exc})") from None
-    if len(raw) != size * size:
-        raise ValueError(
-            f"HKO-7 mask file {path} holds {len(raw)} values, expected {size}x{size}={size * size} "
-            f"(raw_size={size})"
-        )
-    return np.frombuffer(raw, dtype=bool).reshape(size, size)
-
-
-def read_frame(path: PathLike, size: int = 480) -> np.ndarray:
-    """Read one radar PNG as a ``(size, size)`` uint8 array; the size is checked."""
-    from PIL import Image
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"HKO-7 radar frame {path} does not exist")
-    with Image.open(path) as img:
-        if img.size != (size, size):
-            raise ValueError(f"HKO-7 radar frame {path} is {img.size[0]}x{img.size[1]}, expected {size}x{size}")
-        if img.mode != "L":
-            img = img.convert("L")
-        return np.asarray(img, dtype=np.uint8).copy()
-
-
-def read_frame_list(path: PathLike) -> "Any":
-    """The sorted, unique ``pandas.DatetimeIndex`` of a frame-list pickle (DataFrame,
-    Series or DatetimeIndex)."""
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"HKO-7 frame list {path} does not exist")
-    obj = pd.read_pickle(path)
-    index = obj if isinstance(obj, pd.Index) else getattr(obj, "index", None)
-    if not isinstance(index, pd.DatetimeIndex):
-        raise ValueError(
-            f"HKO-7 frame list {path} must be a pandas DataFrame/Series indexed by datetimes, got {type(obj).__name__}"
-            + ("" if index is None else f" with a {type(index).__name__}")
-        )
-    return index.unique().sort_values()
+    Example:
+        >>> central_window(480, 120)
+        (slice(164, 284, None), slice(175, 295, None))
+    """
+    r = round(CENTRAL_CENTER[0] * raw_size / 480) - size // 2
+    c = round(CENTRAL_CENTER[1] * raw_size / 480) - size // 2
+    if r < 0 or c < 0 or r + size > raw_size or c + size > raw_size:
+        raise ValueError(f"crop 'central': a {size}x{size} window does not fit a {raw_size}x{raw_size} frame")
+    return slice(r, r + size), slice(c, c + size)
 
 
 def consecutive_starts(index: Any, length: int, interval_minutes: int = 6) -> np.ndarray:
@@ -116,6 +63,32 @@ def consecutive_starts(index: Any, length: int, interval_minutes: int = 6) -> np
     minutes = np.asarray(index.values.astype("datetime64[m]").astype(np.int64))  # any pandas time unit
     span = minutes[length - 1 :] - minutes[: n - length + 1]
     return np.nonzero(span == (length - 1) * interval_minutes)[0]
+
+
+def timeline_starts(index: Any, length: int, stride: int, interval_minutes: int = 6) -> np.ndarray:
+    """Start positions of the authors' (and the HKO-7 benchmark's) sequential walk: from the
+    first listed frame, take the sequence at time ``t`` when all its ``length`` frames are
+    listed, then move to ``t + stride * interval``; when the sequence at ``t`` has a gap
+    (or ``t`` is not listed), move to the next listed frame after ``t``.
+
+    Example:
+        >>> import pandas as pd
+        >>> times = pd.date_range("2009-03-01", periods=12, freq="6min").delete([7])
+        >>> timeline_starts(times, length=3, stride=2).tolist()   # 00:36 spans the gap: next listed is 00:48
+        [0, 2, 4, 7]
+    """
+    n = len(index)
+    ok = np.zeros(n, dtype=bool)
+    ok[consecutive_starts(index, length, interval_minutes)] = True
+    minutes = np.asarray(index.values.astype("datetime64[m]").astype(np.int64))
+    out, pos = [], 0
+    while pos < n:
+        if ok[pos]:
+            out.append(pos)
+            pos = int(np.searchsorted(minutes, minutes[pos] + stride * interval_minutes, side="left"))
+        else:
+            pos += 1
+    return np.asarray(out, dtype=np.int64)
 
 
 def resize_frames(frames: Tensor, size: int) -> Tensor:
@@ -137,8 +110,13 @@ class HKO7Sequences(Dataset):
     """Sequences of ``in_frames + out_frames`` consecutive frames of one split.
 
     Item ``i``: ``{"inputs": (T_in, 1, S, S), "targets": (T_out, 1, S, S), "mask": (T_out, 1,
-    S, S) bool}`` with pixel values in [0, 1] (``S = frame_size``). ``cache`` keeps every
-    resized frame and mask in memory after its first read (float32: for small sets).
+    S, S) bool}`` with pixel values in [0, 1] (``S = frame_size``). A frame is either the
+    whole ``raw_size`` frame area-resized to ``S`` (``crop=None``) or its central ``S x S``
+    window at native resolution (``crop="central"``, :func:`central_window`). The mask is
+    the per-frame ``.mask`` file (when ``mask_dir``), and-ed with ``static_mask`` (a
+    ``(raw_size, raw_size)`` bool array of usable pixels, when given), then cropped or
+    resized like the frame. ``cache`` keeps every prepared frame and mask in memory after
+    its first read (float32: for small sets).
     """
 
     def __init__(
@@ -152,6 +130,8 @@ class HKO7Sequences(Dataset):
         frame_size: int,
         raw_size: int,
         cache: bool = False,
+        crop: Optional[str] = None,
+        static_mask: Optional[np.ndarray] = None,
     ) -> None:
         self.times = times
         self.starts = np.asarray(starts, dtype=np.int64)
@@ -159,6 +139,8 @@ class HKO7Sequences(Dataset):
         self.mask_dir = None if mask_dir is None else Path(mask_dir)
         self.in_frames, self.out_frames = int(in_frames), int(out_frames)
         self.frame_size, self.raw_size = int(frame_size), int(raw_size)
+        self.window = central_window(self.raw_size, self.frame_size) if crop == "central" else None
+        self.static_mask = None if static_mask is None else torch.from_numpy(np.asarray(static_mask, dtype=bool).copy())
         self.cache: Optional[dict[int, tuple[Tensor, Tensor]]] = {} if cache else None
 
     def __len__(self) -> int:
@@ -167,16 +149,24 @@ class HKO7Sequences(Dataset):
     def start_time(self, i: int) -> Any:
         return self.times[int(self.starts[i])]
 
+    def _shape(self, image: Tensor, is_mask: bool) -> Tensor:
+        if self.window is not None:
+            return image[self.window]
+        if is_mask:
+            return resize_mask(image[None], self.frame_size)[0]
+        return resize_frames(image[None], self.frame_size)[0]
+
     def _load(self, pos: int) -> tuple[Tensor, Tensor]:
         if self.cache is not None and pos in self.cache:
             return self.cache[pos]
         ts = self.times[pos]
         frame = torch.from_numpy(read_frame(frame_path(self.png_dir, ts), self.raw_size)).float().div_(255.0)
-        if self.mask_dir is None:
-            mask = torch.ones(self.raw_size, self.raw_size, dtype=torch.bool)
-        else:
-            mask = torch.from_numpy(read_mask(mask_path(self.mask_dir, ts), self.raw_size).copy())
-        out = (resize_frames(frame[None], self.frame_size)[0], resize_mask(mask[None], self.frame_size)[0])
+        mask = torch.ones(self.raw_size, self.raw_size, dtype=torch.bool)
+        if self.mask_dir is not None:
+            mask &= torch.from_numpy(read_mask(mask_path(self.mask_dir, ts), self.raw_size).copy())
+        if self.static_mask is not None:
+            mask &= self.static_mask
+        out = (self._shape(frame, False).contiguous(), self._shape(mask, True).contiguous())
         if self.cache is not None:
             self.cache[pos] = out
         return out
@@ -199,15 +189,26 @@ def collate_sequences(items: list[dict[str, Tensor]], batch_first: bool = False)
 
 
 class HKO7DataModule(pl.LightningDataModule):
-    """HKO-7 radar sequences for nowcasting, read from the benchmark's on-disk layout.
+    """HKO-7 radar sequences for nowcasting, read from the release's on-disk layout.
 
-    ``root`` holds ``radarPNG/``, ``radarPNG_mask/`` and ``pd/`` (module docstring);
-    ``png_dir``/``mask_dir``/``pd_dir`` override those folders and ``frame_lists`` the
-    pickle names per split (``train``, ``valid``, ``test``). A sequence is ``in_frames +
-    out_frames`` frames exactly ``interval_minutes`` apart, all in the split's frame list;
-    sequences with a gap are skipped. Every ``train_stride``-th (``eval_stride``-th for
-    valid/test) gap-free start is used. Frames (``raw_size`` square, 480) are resized to
-    ``frame_size`` by area averaging; masks keep a pixel when >= half its area is valid.
+    ``root`` holds ``radarPNG/``, ``radarPNG_mask/`` and ``pd/``
+    (:mod:`~memel_lightning.data.hko7_files`); ``png_dir``/``mask_dir``/``pd_dir`` override
+    those folders and ``frame_lists`` the pickle names per split (``train``, ``valid``,
+    ``test``; pickles of any pandas version, the release's pandas 0.19 ones included). A
+    sequence is ``in_frames + out_frames`` frames exactly ``interval_minutes`` apart, all
+    in the split's frame list; sequences with a gap are skipped. Training uses every
+    ``train_stride``-th gap-free start. Valid/test starts: ``eval_starts="gapfree"`` takes
+    every ``eval_stride``-th gap-free start; ``"timeline"`` walks the clock as the HKO-7
+    benchmark and the MEmeL authors do (:func:`timeline_starts`). ``eval_drop_last`` drops
+    a last incomplete evaluation batch (the authors' iterator stops there).
+
+    Frames (``raw_size`` square, 480): ``crop=None`` area-resizes the whole frame to
+    ``frame_size`` (masks keep a pixel when >= half its area is valid); ``crop="central"``
+    takes the MEmeL authors' ``frame_size`` window at native resolution (rows 164:284,
+    columns 175:295 for 120 of 480). Masks: the per-frame ``.mask`` files when
+    ``use_mask``, and-ed with the static masks of ``static_mask`` (the release's
+    ``mask_dat.npz``, relative to ``root`` unless absolute) when given: pixels marked in
+    any of ``static_mask_keys`` are excluded (the authors: ``exclude_mask`` alone).
 
     Batches: ``{"inputs", "targets", "mask"}``, time-first ``(T, B, 1, S, S)`` by default,
     ``(B, T, 1, S, S)`` with ``batch_first`` (match the model's flag).
@@ -240,13 +241,18 @@ class HKO7DataModule(pl.LightningDataModule):
         out_frames: int = 10,
         frame_size: int = 120,
         raw_size: int = 480,
+        crop: Optional[str] = None,
         interval_minutes: int = 6,
         use_mask: bool = True,
+        static_mask: Optional[str] = None,
+        static_mask_keys: Sequence[str] = ("exclude_mask",),
         batch_first: bool = False,
         batch_size: int = 16,
         eval_batch_size: Optional[int] = None,
         train_stride: int = 1,
         eval_stride: int = 5,
+        eval_starts: str = "gapfree",
+        eval_drop_last: bool = False,
         cache: bool = False,
         check_files: bool = True,
         seed: int = 0,
@@ -258,20 +264,34 @@ class HKO7DataModule(pl.LightningDataModule):
             raise ValueError(f"need in_frames, out_frames >= 1, got {in_frames}, {out_frames}")
         if train_stride < 1 or eval_stride < 1:
             raise ValueError(f"strides must be >= 1, got train_stride={train_stride}, eval_stride={eval_stride}")
+        if crop not in (None, "central"):
+            raise ValueError(f"crop must be null (resize the whole frame) or 'central', got {crop!r}")
+        if crop == "central":
+            central_window(raw_size, frame_size)  # fits?
+        if eval_starts not in EVAL_STARTS:
+            raise ValueError(f"eval_starts must be one of {EVAL_STARTS}, got {eval_starts!r}")
+        bad_keys = [k for k in static_mask_keys if k not in STATIC_MASK_KEYS]
+        if bad_keys:
+            raise ValueError(f"static_mask_keys must be among {STATIC_MASK_KEYS}, got {bad_keys}")
         self.save_hyperparameters()
         self.root = Path(root).expanduser()
         self.png_dir = Path(png_dir).expanduser() if png_dir else self.root / "radarPNG"
         self.mask_dir = Path(mask_dir).expanduser() if mask_dir else self.root / "radarPNG_mask"
         self.pd_dir = Path(pd_dir).expanduser() if pd_dir else self.root / "pd"
+        self.static_mask_path = None if static_mask is None else self.root / Path(static_mask).expanduser()
+        self.static_mask_keys = tuple(static_mask_keys)
         self.frame_lists = dict(DEFAULT_FRAME_LISTS, **(frame_lists or {}))
         self.in_frames, self.out_frames = int(in_frames), int(out_frames)
         self.frame_size, self.raw_size = int(frame_size), int(raw_size)
+        self.crop = crop
         self.interval_minutes = int(interval_minutes)
         self.use_mask = use_mask
         self.batch_first = batch_first
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.strides = {"train": int(train_stride), "valid": int(eval_stride), "test": int(eval_stride)}
+        self.eval_starts = eval_starts
+        self.eval_drop_last = eval_drop_last
         self.cache = cache
         self.check_files = check_files
         self.seed = seed
@@ -298,6 +318,11 @@ class HKO7DataModule(pl.LightningDataModule):
         generate(self.root, **self.synthetic)
         marker.write_text(json.dumps(wanted, sort_keys=True))
 
+    def _starts(self, split: str, times: Any, length: int) -> np.ndarray:
+        if split != "train" and self.eval_starts == "timeline":
+            return timeline_starts(times, length, self.strides[split], self.interval_minutes)
+        return consecutive_starts(times, length, self.interval_minutes)[:: self.strides[split]]
+
     def build(self, split: str) -> HKO7Sequences:
         """The :class:`HKO7Sequences` of ``split`` (``train``, ``valid`` or ``test``)."""
         if split not in SPLITS:
@@ -308,12 +333,15 @@ class HKO7DataModule(pl.LightningDataModule):
         list_path = self.pd_dir / self.frame_lists[split]
         times = read_frame_list(list_path)
         length = self.in_frames + self.out_frames
-        starts = consecutive_starts(times, length, self.interval_minutes)[:: self.strides[split]]
+        starts = self._starts(split, times, length)
         if len(starts) == 0:
             raise ValueError(
                 f"HKO-7 frame list {list_path} has no gap-free run of {length} frames {self.interval_minutes} min apart"
             )
         mask_dir = self.mask_dir if self.use_mask else None
+        static = None
+        if self.static_mask_path is not None:
+            static = read_static_mask(self.static_mask_path, self.static_mask_keys, self.raw_size)
         if self.check_files:
             used = np.unique((starts[:, None] + np.arange(length)[None, :]).reshape(-1))
             for pos in used:
@@ -324,7 +352,7 @@ class HKO7DataModule(pl.LightningDataModule):
             read_frame(frame_path(self.png_dir, times[int(starts[0])]), self.raw_size)  # size check, early
         return HKO7Sequences(
             times, starts, self.png_dir, mask_dir, self.in_frames, self.out_frames, self.frame_size, self.raw_size,
-            cache=self.cache,
+            cache=self.cache, crop=self.crop, static_mask=static,
         )
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -343,7 +371,7 @@ class HKO7DataModule(pl.LightningDataModule):
             sampler=EpochSeededSampler(data, seed=self.seed) if train else None,
             num_workers=self.num_workers,
             collate_fn=partial(collate_sequences, batch_first=self.batch_first),
-            drop_last=train and len(data) >= self.batch_size,
+            drop_last=(train and len(data) >= self.batch_size) or (not train and self.eval_drop_last and len(data) >= self.eval_batch_size),
             persistent_workers=self.num_workers > 0,
         )
 

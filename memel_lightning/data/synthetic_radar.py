@@ -2,8 +2,8 @@
 
 HKO-7 is distributed on request, so this module writes a stand-in with the same files
 (radar PNGs, ``.mask`` files, pandas frame lists; see :mod:`memel_lightning.data.hko7`)
-for :class:`~memel_lightning.data.HKO7DataModule` to read: the real loader is what the
-tests and the demo exercise.
+and the static masks ``mask_dat.npz``) for :class:`~memel_lightning.data.HKO7DataModule`
+to read: the real loader is what the tests and the demo exercise.
 
 Each "rainy day" is ``frames_per_day`` 6-minute frames from 00:00. Rain cells are
 Gaussian reflectivity blobs that drift with the day's steering wind (plus a small
@@ -16,7 +16,9 @@ exp(-d^2 / (2 sigma^2))``, stored as ``p = round(255 * (dBZ + 10) / 70)`` where
 The mask follows the benchmark's ``precompute_mask``: a pixel is used when it is
 inside the radar range (a disc of radius ``size / 2``) and is not weak noise
 (``0 < p < round(0.28 * 255)``). Frames are dropped from a day at random
-(``drop_prob``): neither written nor listed, so the loader must skip the gaps.
+(``drop_prob``): neither written nor listed, so the loader must skip the gaps. The
+static ``exclude_mask`` (and ``out_boundary_mask``) mark the pixels outside the radar
+disc, ``outlier_mask`` is empty.
 """
 from __future__ import annotations
 
@@ -26,12 +28,12 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from .hko7 import DEFAULT_FRAME_LISTS, SPLITS, frame_path, mask_path, write_mask
+from .hko7_files import DEFAULT_FRAME_LISTS, SPLITS, STATIC_MASK_KEYS, frame_path, mask_path, write_mask
 
 NOISE_THRESHOLD = round(0.28 * 255)  # the benchmark's FILTER_RAINFALL_THRESHOLD in 8-bit units
 MIN_ECHO_DBZ = 5.0  # weaker echoes are stored as 0 (no echo); keeps cell edges inside their 4-sigma boxes
 
-__all__ = ["generate", "radar_day", "radar_mask", "NOISE_THRESHOLD", "MIN_ECHO_DBZ"]
+__all__ = ["generate", "radar_day", "radar_disc", "radar_mask", "NOISE_THRESHOLD", "MIN_ECHO_DBZ"]
 
 
 def radar_day(
@@ -91,14 +93,17 @@ def radar_day(
     return out
 
 
-def radar_mask(frame: np.ndarray) -> np.ndarray:
-    """The benchmark's mask of one uint8 frame: inside the radar disc and not weak noise."""
-    size = frame.shape[-1]
+def radar_disc(size: int) -> np.ndarray:
+    """``(size, size)`` bool: inside the radar range (a disc of radius ``size / 2``)."""
     yy, xx = np.mgrid[0:size, 0:size]
     c = (size - 1) / 2.0
-    inside = (xx - c) ** 2 + (yy - c) ** 2 <= (size / 2.0) ** 2
+    return (xx - c) ** 2 + (yy - c) ** 2 <= (size / 2.0) ** 2
+
+
+def radar_mask(frame: np.ndarray) -> np.ndarray:
+    """The benchmark's mask of one uint8 frame: inside the radar disc and not weak noise."""
     noise = (frame > 0) & (frame < NOISE_THRESHOLD)
-    return inside & ~noise
+    return radar_disc(frame.shape[-1]) & ~noise
 
 
 def generate(
@@ -111,7 +116,7 @@ def generate(
     drop_prob: float = 0.01,
 ) -> Path:
     """Write ``days = (train, valid, test)`` synthetic rainy days under ``root`` in the HKO-7
-    layout: ``radarPNG/``, ``radarPNG_mask/``, ``pd/hko7_rainy_<split>.pkl``.
+    layout: ``radarPNG/``, ``radarPNG_mask/``, ``pd/hko7_rainy_<split>.pkl``, ``mask_dat.npz``.
 
     Days are consecutive calendar dates from ``start`` (train, then valid, then test);
     ``size`` is the frame side (480 for the real format; tests use smaller frames with
@@ -134,6 +139,9 @@ def generate(
     root = Path(root)
     png_dir, mask_dir, pd_dir = root / "radarPNG", root / "radarPNG_mask", root / "pd"
     pd_dir.mkdir(parents=True, exist_ok=True)
+    outside = (~radar_disc(size)).astype(np.uint8)
+    static = {"exclude_mask": outside, "outlier_mask": np.zeros_like(outside), "out_boundary_mask": outside}
+    np.savez_compressed(root / "mask_dat.npz", **{k: static[k] for k in STATIC_MASK_KEYS})
     rng = np.random.default_rng(seed)
     day = pd.Timestamp(start)
     for split, n_days in zip(SPLITS, days):

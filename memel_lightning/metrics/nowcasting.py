@@ -1,6 +1,6 @@
-"""HKO-7 benchmark metrics (Shi et al. 2017; SPEC section 9) as torchmetrics ``Metric`` s.
+"""HKO-7 benchmark metrics (Shi et al. 2017; docs/method.md §9) as torchmetrics ``Metric`` s.
 
-Conversions (SPEC section 9)::
+Conversions (docs/method.md §9)::
 
     dBZ = 70 p - 10                  (pixel p in [0, 1])
     Z   = 10^(dBZ / 10),  Z = a R^b  (a = 58.53, b = 1.56)  =>  R = (Z / a)^(1 / b)  [mm/h]
@@ -20,7 +20,13 @@ The error itself is on pixel values, as in the benchmark::
     B-MAE = 1 / N_frames * sum_frames sum_pixels w * |p_pred - p_target|
 
 i.e. summed over the pixels of a frame and averaged over frames and sequences
-(``N_frames`` = number of sequences x frames per sequence).
+(``N_frames`` = number of sequences x frames per sequence). With ``seq_len`` the errors
+are kept per output frame (lead time) ``t``, as the benchmark's evaluator reports them::
+
+    B-MSE[t] = 1 / N_seq * sum_sequences sum_pixels w * (p_pred[t] - p_target[t])^2
+
+and ``compute`` returns the ``(seq_len,)`` vector; its mean over ``t`` is the figure of
+the papers' tables (and equals the pooled value above).
 
 Inputs are 5-D: ``(T, B, C, H, W)`` (time-first, the benchmark's layout) or ``(B, T, C, H,
 W)`` (``time_axis=1``); predictions and targets in pixel units [0, 1]. ``mask`` (bool or
@@ -145,15 +151,23 @@ class _BalancedError(Metric):
         weights: Sequence[float] = BALANCING_WEIGHTS,
         a: float = ZR_A,
         b: float = ZR_B,
+        seq_len: Optional[int] = None,
+        time_axis: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if len(weights) != len(thresholds) + 1:
             raise ValueError(f"need len(weights) == len(thresholds) + 1, got {len(weights)} and {len(thresholds)}")
+        if time_axis not in (0, 1):
+            raise ValueError(f"time_axis must be 0 (T, B, ...) or 1 (B, T, ...), got {time_axis}")
+        if seq_len is not None and seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1 or None, got {seq_len}")
         self.thresholds = tuple(float(t) for t in thresholds)
         self.weights = tuple(float(w) for w in weights)
         self.a, self.b = float(a), float(b)
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.seq_len, self.time_axis = seq_len, time_axis
+        shape = () if seq_len is None else (int(seq_len),)
+        self.add_state("total", default=torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("frames", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: Tensor, target: Tensor, mask: Optional[Tensor] = None) -> None:
@@ -162,10 +176,23 @@ class _BalancedError(Metric):
         if mask is not None:
             w = w * mask
         err = (preds - target).abs() if self.power == 1 else (preds - target).square()
-        self.total += (w * err).sum()
-        self.frames += preds.shape[0] * preds.shape[1]
+        per = w * err
+        if self.seq_len is None:
+            self.total += per.sum()
+            self.frames += preds.shape[0] * preds.shape[1]
+            return
+        if self.time_axis == 1:
+            per = per.transpose(0, 1)
+        if per.shape[0] != self.seq_len:
+            raise ValueError(
+                f"{type(self).__name__}: seq_len={self.seq_len} but the frames have {per.shape[0]} time steps "
+                f"(shape {tuple(preds.shape)}, time_axis={self.time_axis})"
+            )
+        self.total += per.sum(dim=(1, 2, 3, 4))
+        self.frames += per.shape[1]  # sequences
 
     def compute(self) -> Tensor:
+        """The pooled error (scalar), or with ``seq_len`` the ``(seq_len,)`` per-frame errors."""
         return self.total / self.frames.clamp(min=1)
 
 
@@ -178,6 +205,10 @@ class BalancedMSE(_BalancedError):
         >>> x = torch.zeros(2, 3, 1, 4, 4)
         >>> m.update(x + 0.1, x); round(float(m.compute()), 6)   # 16 pixels * 0.01 * weight 1
         0.16
+        >>> per_frame = BalancedMSE(seq_len=2)
+        >>> per_frame.update(x + torch.tensor([0.1, 0.2]).view(2, 1, 1, 1, 1), x)
+        >>> [round(v, 6) for v in per_frame.compute().tolist()]   # frame 1: 16 * 0.04
+        [0.16, 0.64]
     """
 
     power = 2

@@ -1,6 +1,7 @@
-"""Precipitation nowcasting on HKO-7 with the benchmark's encoder-forecaster ConvGRU."""
+"""Precipitation nowcasting on HKO-7 with an encoder-forecaster ConvGRU chosen by name."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import lightning.pytorch as pl
@@ -20,7 +21,7 @@ from ..metrics.nowcasting import (
     balancing_weights,
     threshold_name,
 )
-from .convgru import EncoderForecaster
+from .convgru import build_arch
 
 Batch = dict[str, Tensor]
 
@@ -28,9 +29,15 @@ Batch = dict[str, Tensor]
 class Nowcaster(pl.LightningModule):
     r"""Radar-echo nowcasting: ``in_frames`` observed frames -> ``out_frames`` predicted ones.
 
-    The network is :class:`~memel_lightning.models.convgru.EncoderForecaster` (three
-    encoder and three forecaster ConvGRU stages by default, widths/kernels/strides
-    configurable, defaults for 120x120 frames), stored as ``self.net``.
+    The network is built by name from the registry of
+    :mod:`memel_lightning.models.convgru` (timm style): ``arch`` is ``"hko7_benchmark"``
+    (the HKO-7 benchmark's encoder-forecaster, default) or ``"memel_paper"`` (the MEmeL
+    authors'), and ``arch_kwargs`` override the builder's defaults (any
+    :class:`~memel_lightning.models.convgru.EncoderForecaster` argument, e.g. narrower
+    ``conv_channels``/``hidden_channels`` for a CPU demo). The network is ``self.net``.
+    ``init_from``: a Lightning checkpoint whose ``net.*`` weights start this model (the
+    authors' fine-tuning starts from the trained baseline; optimiser, step count and MEmeL
+    statistics start fresh). The checkpoint must still exist when this model is rebuilt.
 
     Batches are dicts from :class:`~memel_lightning.data.HKO7DataModule`: ``inputs``
     ``(T_in, B, 1, H, W)``, ``targets`` and ``mask`` ``(T_out, B, 1, H, W)`` (pixel values in
@@ -38,28 +45,34 @@ class Nowcaster(pl.LightningModule):
     ``batch_first=True`` every tensor is ``(B, T, 1, H, W)`` instead (the data module's
     flag must match).
 
-    Loss: the benchmark's balanced MSE + MAE (SPEC section 9) with the HKO-7 mask::
+    Loss: the benchmark's balanced MSE + MAE (docs/method.md §9) with the HKO-7 mask::
 
         w = balancing_weights(target) * mask
         loss = loss_scale * mean_frames( mse_weight * sum_pixels w (y - t)^2
                                         + mae_weight * sum_pixels w |y - t| )
 
     ``loss_scale`` defaults to ``1 / (H * W)`` (a per-pixel mean, so the learning rate
-    does not depend on the frame size). Validation/test log ``val_loss``, ``val_bmse``,
-    ``val_bmae``, and per threshold ``val_csi_<t>`` / ``val_hss_<t>`` (``t`` as ``0p5``,
-    ``2``, ``5``, ``10``, ``30``), computed on predictions clipped to [0, 1]. Every
-    validation epoch a grid of observed (top row) and predicted (bottom row) frames of
-    the first validation sequence goes to TensorBoard as image ``val_frames`` (only with
-    a ``TensorBoardLogger``).
+    does not depend on the frame size); the authors use ``5e-5``. Optimiser: Adam
+    (``lr``, ``weight_decay``), the learning rate multiplied by ``lr_gamma`` every
+    ``lr_step_size`` training steps when ``lr_step_size`` is set (the authors: 0.7 every
+    5k). Validation/test log ``<split>_loss``, ``<split>_bmse``, ``<split>_bmae`` (means
+    over the output frames of the per-frame errors, :mod:`~memel_lightning.metrics.nowcasting`),
+    and per threshold ``<split>_csi_<t>`` / ``<split>_hss_<t>`` (``t`` as ``0p5``, ``2``,
+    ``5``, ``10``, ``30``), on predictions clipped to [0, 1]; test also logs the per-frame
+    errors ``test_bmse_f01`` ... ``test_bmae_f<T_out>``. Every validation epoch a grid of
+    observed (top row) and predicted (bottom row) frames of the first validation sequence
+    goes to TensorBoard as image ``val_frames`` (only with a ``TensorBoardLogger``).
 
     MEmeL: :meth:`memel_taps` returns the six ConvGRU candidate states
     ``net.encoder.<i>.cell.candidate`` and ``net.forecaster.<i>.cell.candidate``; each is
     called once per time step, so one MEmeL per cell shares its statistics across time
-    steps, and its ``late_start`` / ``forget_steps`` count time steps (``T_in`` per
-    encoder batch, ``T_out`` per forecaster batch).
+    steps: its ``late_start`` counts training batches, its ``forget_steps`` statistics
+    updates, i.e. time steps (``T_in`` per batch for encoder cells, ``T_out`` for
+    forecaster cells).
 
     Example:
-        >>> model = Nowcaster(in_frames=3, out_frames=2, conv_channels=(4, 8, 8), hidden_channels=(8, 8, 8))
+        >>> model = Nowcaster(in_frames=3, out_frames=2,
+        ...                   arch_kwargs=dict(conv_channels=(4, 8, 8), hidden_channels=(8, 8, 8)))
         >>> model(torch.rand(3, 2, 1, 48, 48)).shape
         torch.Size([2, 2, 1, 48, 48])
         >>> len(model.memel_taps())
@@ -68,19 +81,16 @@ class Nowcaster(pl.LightningModule):
 
     def __init__(
         self,
+        arch: str = "hko7_benchmark",
+        arch_kwargs: Optional[dict[str, Any]] = None,
         in_frames: int = 10,
         out_frames: int = 10,
-        conv_channels: Sequence[int] = (8, 192, 192),
-        hidden_channels: Sequence[int] = (64, 192, 192),
-        conv_kernels: Sequence[int] = (5, 3, 3),
-        conv_strides: Sequence[int] = (3, 2, 2),
-        conv_paddings: Sequence[int] = (1, 1, 1),
-        i2h_kernels: Sequence[int] = (3, 3, 3),
-        h2h_kernels: Sequence[int] = (5, 5, 3),
-        negative_slope: float = 0.2,
         batch_first: bool = False,
+        init_from: Optional[str] = None,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
+        lr_step_size: Optional[int] = None,
+        lr_gamma: float = 1.0,
         mse_weight: float = 1.0,
         mae_weight: float = 1.0,
         loss_scale: Optional[float] = None,
@@ -91,31 +101,43 @@ class Nowcaster(pl.LightningModule):
         log_images: bool = True,
     ) -> None:
         super().__init__()
+        if lr_step_size is not None and lr_step_size < 1:
+            raise ValueError(f"lr_step_size must be >= 1 or null, got {lr_step_size}")
         self.save_hyperparameters()
-        self.net = EncoderForecaster(
-            in_channels=1,
-            conv_channels=conv_channels,
-            hidden_channels=hidden_channels,
-            conv_kernels=conv_kernels,
-            conv_strides=conv_strides,
-            conv_paddings=conv_paddings,
-            i2h_kernels=i2h_kernels,
-            h2h_kernels=h2h_kernels,
-            negative_slope=negative_slope,
-        )
+        self.net = build_arch(arch, in_channels=1, **dict(arch_kwargs or {}))
+        if init_from:
+            self._load_net(init_from)
         self.thresholds = tuple(float(t) for t in thresholds)
         self.weights = tuple(float(w) for w in weights)
         time_axis = 1 if batch_first else 0
         zr = dict(a=zr_a, b=zr_b)
-        self.val_bmse = BalancedMSE(self.thresholds, self.weights, **zr)
-        self.val_bmae = BalancedMAE(self.thresholds, self.weights, **zr)
+        per_frame = dict(seq_len=out_frames, time_axis=time_axis, **zr)
+        self.val_bmse = BalancedMSE(self.thresholds, self.weights, **per_frame)
+        self.val_bmae = BalancedMAE(self.thresholds, self.weights, **per_frame)
         self.val_csi = CSI(self.thresholds, time_axis=time_axis, **zr)
         self.val_hss = HSS(self.thresholds, time_axis=time_axis, **zr)
-        self.test_bmse = BalancedMSE(self.thresholds, self.weights, **zr)
-        self.test_bmae = BalancedMAE(self.thresholds, self.weights, **zr)
+        self.test_bmse = BalancedMSE(self.thresholds, self.weights, **per_frame)
+        self.test_bmae = BalancedMAE(self.thresholds, self.weights, **per_frame)
         self.test_csi = CSI(self.thresholds, time_axis=time_axis, **zr)
         self.test_hss = HSS(self.thresholds, time_axis=time_axis, **zr)
         self._image_sample: Optional[tuple[Tensor, Tensor]] = None
+
+    def _load_net(self, path: str) -> None:
+        """Copy the ``net.*`` weights of the Lightning checkpoint ``path`` into ``self.net``."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Nowcaster init_from: checkpoint {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
+        net = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+        if not net:
+            raise ValueError(f"Nowcaster init_from: checkpoint {path} has no 'net.*' weights")
+        try:
+            self.net.load_state_dict(net, strict=True)
+        except RuntimeError as exc:  # missing, unexpected or mis-shaped weights
+            first = str(exc).split("\n\t")[1:2] or [str(exc)]
+            raise ValueError(
+                f"Nowcaster init_from: checkpoint {path} does not fit arch {self.hparams.arch!r} "
+                f"with arch_kwargs={self.hparams.arch_kwargs} ({first[0].strip()})"
+            ) from None
 
     # ------------------------------------------------------------------ MEmeL
     def memel_taps(self) -> list[str]:
@@ -177,7 +199,11 @@ class Nowcaster(pl.LightningModule):
         out = {}
         for name in ("bmse", "bmae"):
             metric = getattr(self, f"{prefix}_{name}")
-            out[f"{prefix}_{name}"] = metric.compute().float()
+            per_frame = metric.compute().float()
+            out[f"{prefix}_{name}"] = per_frame.mean()
+            if prefix == "test":
+                for t, v in enumerate(per_frame.tolist(), 1):
+                    out[f"{prefix}_{name}_f{t:02d}"] = v
             metric.reset()
         for name in ("csi", "hss"):
             metric = getattr(self, f"{prefix}_{name}")
@@ -211,8 +237,12 @@ class Nowcaster(pl.LightningModule):
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self(batch["inputs"]).clamp(0.0, 1.0)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_step_size is None:
+            return opt
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.hparams.lr_step_size, gamma=self.hparams.lr_gamma)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 def frame_grid(observed: Tensor, predicted: Tensor, pad: int = 2) -> Tensor:

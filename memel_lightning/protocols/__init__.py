@@ -1,0 +1,1 @@
+"""Runnable experimental protocols (the papers' own procedures), one module each."""
