@@ -396,8 +396,9 @@ def _refuse_recomputation(pl_module: nn.Module) -> None:
     """Activation checkpointing re-runs tapped modules during backward: their statistics
     would be merged twice and the recomputed output could differ from the original."""
     for name, module in pl_module.named_modules():
-        # Hugging Face models (is_gradient_checkpointing) and timm models (grad_checkpointing)
-        if getattr(module, "is_gradient_checkpointing", False) or getattr(module, "grad_checkpointing", False) is True:
+        # Hugging Face modules set ``gradient_checkpointing`` (what their deprecated
+        # ``is_gradient_checkpointing`` property reads); timm models set ``grad_checkpointing``.
+        if getattr(module, "gradient_checkpointing", False) is True or getattr(module, "grad_checkpointing", False) is True:
             raise ValueError(
                 f"{type(module).__name__} at {name or 'the model'!r} has gradient checkpointing on; MEmeL taps "
                 "inside recomputed blocks would update their statistics twice per step. Turn it off "

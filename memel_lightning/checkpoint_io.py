@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,7 +20,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     filesystem, otherwise a copy into the final name, which an interrupted run leaves
     truncated (e.g. ``last.ckpt`` over a shared disk while ``/tmp`` is local). Nothing is
     fsynced either. Here the temporary file is ``.<name>.tmp-<pid>`` in the target's
-    directory, so the final name always holds either the old or the new checkpoint.
+    directory, so the final name always holds either the old or the new checkpoint. Temporary
+    files of writers killed mid-write (``.<name>.tmp-<host>-<pid>`` of a process that no longer
+    runs on this host) are removed at the next save into that directory.
     Remote paths (``s3://`` ...) use Lightning's own saving.
 
     Example (YAML for LightningCLI)::
@@ -36,7 +40,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options for local paths")
         target = Path(text.removeprefix("file://"))
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+        remove_stale_temporaries(target.parent)
+        tmp = target.parent / f".{target.name}.tmp-{socket.gethostname()}-{os.getpid()}"
         try:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
@@ -56,3 +61,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             pass
         finally:
             os.close(fd)
+
+
+_TMP = re.compile(r"^\..+\.tmp-(?:(?P<host>.+)-)?(?P<pid>\d+)$")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete this host's checkpoint temporaries whose writing process is gone; returns them.
+
+    Example:
+        >>> import tempfile; d = Path(tempfile.mkdtemp())
+        >>> _ = (d / f".last.ckpt.tmp-{socket.gethostname()}-999999999").write_bytes(b"")
+        >>> [p.name.startswith(".last.ckpt") for p in remove_stale_temporaries(d)]
+        [True]
+    """
+    removed = []
+    host = socket.gethostname()
+    for path in folder.glob(".*.tmp-*"):
+        match = _TMP.match(path.name)
+        if match is None or (match["host"] not in (None, host)):
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or _alive(pid):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

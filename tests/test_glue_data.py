@@ -155,3 +155,17 @@ def test_dynamic_padding_and_mask(shared_data: Path, tokenizer_dir: str) -> None
     a = next(iter(dm.train_dataloader()))["idx"]
     b = next(iter(dm.train_dataloader()))["idx"]
     assert torch.equal(a, b)
+
+
+def test_header_only_and_non_utf8_files_name_the_file_and_line(tmp_path):
+    header = "index\tsentence1\tsentence2\tlabel\n"
+    (tmp_path / "train.tsv").write_text(header)
+    with pytest.raises(GlueFormatError, match=r"train\.tsv: only a header line, no examples"):
+        read_glue_tsv(tmp_path / "train.tsv", "rte")
+    (tmp_path / "empty.tsv").write_text("")
+    with pytest.raises(GlueFormatError, match=r"empty\.tsv: empty file"):
+        read_glue_tsv(tmp_path / "empty.tsv", "rte")
+    (tmp_path / "dev.tsv").write_bytes((header + "0\tA cat.\tA dog.\tentailment\n").encode() +
+                                       b"1\tCaf\xe9 au lait.\tA drink.\tentailment\n")
+    with pytest.raises(GlueFormatError, match=r"dev\.tsv, line 3: byte b'\\xe9' is not UTF-8"):
+        read_glue_tsv(tmp_path / "dev.tsv", "rte")

@@ -15,9 +15,12 @@ from memel_lightning.data import GlueDataModule, GlueSubmissionWriter
 from memel_lightning.data.glue import GLUE_TASKS, glue_task, read_glue_tsv
 from memel_lightning.inhibition import MEmeL
 from memel_lightning.models import GlueClassifier
-from memel_lightning.models.glue import encoder_blocks, glue_metrics, middle_blocks
+from memel_lightning.models.glue import glue_metrics
+from memel_lightning.models.taps import encoder_blocks, middle_blocks
 from tests.glue_fixtures import TINY_BERT, make_tokenizer
+from tests.test_configs import memel_settings_of
 from tests.tb_utils import read_events
+from tests.test_l2e_causal_lm import CONCENTRATION
 
 REPO = Path(__file__).resolve().parents[1]
 MEMEL = {"k": 1, "late_start": 2, "forget_steps": 10, "variable_shape": True}
@@ -47,7 +50,7 @@ def trainer(tmp_path: Path, callbacks: list, **kw) -> pl.Trainer:
 
 # ---------------------------------------------------------------------- taps
 def test_middle_four_blocks_rule() -> None:
-    assert middle_blocks(12) == [4, 5, 6, 7]  # SPEC section 6, BERT-base
+    assert middle_blocks(12) == [4, 5, 6, 7]  # docs/method.md §6, BERT-base
     assert middle_blocks(6) == [1, 2, 3, 4]   # MiniLM-L6
     assert middle_blocks(24) == [10, 11, 12, 13]
     assert middle_blocks(8) == [2, 3, 4, 5]
@@ -209,9 +212,9 @@ def test_fit_rte_logs_memel_tags_metric_and_writes_submission(
     assert model.hparams.task == "rte" and model.spec.num_labels == 2
     tags = set(read_events(logger.log_dir).Tags()["scalars"])
     for tap in model.memel_taps():
-        for metric in ("selected_frac", "mono_ratio", "phi_mean", "phi_max", "fkr"):
+        for metric in ("selected_frac", "mono_ratio", "phi_mean", "phi_max", CONCENTRATION):
             assert f"memel/{tap}/{metric}" in tags
-    assert {"memel/mono_ratio", "memel/fkr", "train_loss", "val_loss", "val_acc", "val_score"} <= tags
+    assert {"memel/mono_ratio", f"memel/{CONCENTRATION}", "train_loss", "val_loss", "val_acc", "val_score"} <= tags
     selected = read_events(logger.log_dir).Scalars(f"memel/{model.memel_taps()[0]}/selected_frac")
     assert any(e.value > 0 for e in selected)
 
@@ -315,7 +318,8 @@ def test_configs_parse_with_task_and_data_dir_overrides(config: str, tmp_path: P
         else:
             expected = {"bert_glue_memel": "reverse", "bert_glue_naive_a": "mean_nograd",
                         "bert_glue_naive_b": "mean_passthrough"}[config]
-            assert memel[0].memel_kwargs["strategy"] == expected and memel[0].memel_kwargs["variable_shape"]
+            settings = memel_settings_of(memel[0])
+            assert settings["strategy"] == expected and settings["variable_shape"]
         assert any(isinstance(c, GlueSubmissionWriter) for c in cli.trainer.callbacks)
 
 
@@ -369,3 +373,91 @@ def test_linear_warmup_and_decay_match_transformers() -> None:
     for _ in range(50):
         assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], abs=1e-12)
         opt.step(), sched.step(), ref_opt.step(), ref.step()
+
+
+def _tiny_cli_args(tmp_path: Path, config: str, task: str, folder: str) -> list[str]:
+    import json
+
+    return ["--config", str(REPO / "configs" / config), "--data.task", task,
+            "--data.data_dir", str(tmp_path / folder), "--data.tokenizer", make_tokenizer(tmp_path / "tok"),
+            "--data.batch_size", "4", "--model.init_args.pretrained", "null",
+            "--model.init_args.config", json.dumps(dict(TINY_BERT, num_hidden_layers=2, vocab_size=200)),
+            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.accelerator", "cpu"]
+
+
+@pytest.mark.parametrize("task", ["RTE", "SST-2", "MRPC"])
+def test_task_names_as_glue_writes_them(task: str, tmp_path: Path) -> None:
+    """``--data.task RTE`` used to die in Lightning's hparams merge (data "RTE", model "rte")."""
+    from memel_lightning.cli import main
+    from tests.glue_fixtures import write_task
+
+    spec = glue_task(task)
+    write_task(spec.name, tmp_path / spec.folder, n=8)
+    cli = main(args=["fit", *_tiny_cli_args(tmp_path, "bert_glue_memel.yaml", task, spec.folder),
+                     "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"])
+    assert cli.trainer.global_step == 2
+    assert cli.model.hparams.task == cli.datamodule.hparams.task == spec.name
+
+
+def test_probe_predict_and_run_record_on_a_glue_checkpoint(tmp_path: Path, monkeypatch, capsys) -> None:
+    from memel_lightning.cli import main
+
+    def probe_main(argv):  # the command line's own dispatch: ``cli.py probe ...``
+        return main(["probe", *argv])
+    from tests.glue_fixtures import write_task
+
+    monkeypatch.chdir(tmp_path)
+    write_task("rte", tmp_path / "RTE", n=12)
+    args = _tiny_cli_args(tmp_path, "bert_glue_memel.yaml", "rte", "RTE")
+    cli = main(args=["fit", *args, "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1"])
+    run = Path(cli.trainer.log_dir)
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    # probe: no --config needed (the checkpoint carries its config), the network is built for the task
+    out = probe_main(["--ckpt_path", ckpt, "--out", str(tmp_path / "probe"), "--max_batches", "1"])
+    assert (tmp_path / "probe" / "probe.md").is_file() and out["results"]
+    assert set(out["results"]) == {f"model.bert.encoder.layer.{i}" for i in (0, 1)}
+    # ... and with the run's own config.yaml; a config of another run is refused
+    probe_main(["--config", str(run / "config.yaml"), "--ckpt_path", ckpt, "--out", str(tmp_path / "p2"),
+                "--max_batches", "1"])
+    with pytest.raises(SystemExit, match=r"is not the config .* was trained with \(memel.strategy: 'mean_nograd'"):
+        probe_main(["--config", str(REPO / "configs" / "bert_glue_naive_a.yaml"), "--ckpt_path", ckpt])
+    # a second run into the same folder (fixed version) keeps the first run's config.yaml
+    first = (run / "config.yaml").read_text()
+    main(args=["fit", *args, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--memel.k", "2",
+               "--trainer.logger.init_args.version", run.name])
+    assert (run / "config.yaml").read_text() == first
+    assert "k: 2" in (run / "config_1.yaml").read_text()
+    # predict: no test file -> the error says how to predict the dev set; dev predictions get their own name
+    with pytest.raises(FileNotFoundError, match=r"test\.tsv.*--data\.predict_split dev"):
+        (tmp_path / "RTE" / "test.tsv").unlink()
+        main(args=["predict", *args, "--ckpt_path", ckpt])
+    main(args=["predict", *args, "--ckpt_path", ckpt, "--data.predict_split", "dev"])
+    written = sorted(p.name for p in (tmp_path / "runs" / "submissions" / "bert_glue_memel").iterdir())
+    assert written == ["RTE.dev.tsv"]
+
+
+def test_failed_fit_leaves_no_empty_version_folder(tmp_path: Path) -> None:
+    from memel_lightning.cli import main
+    from tests.glue_fixtures import write_task
+
+    write_task("rte", tmp_path / "RTE", n=4)
+    (tmp_path / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n")  # header only
+    with pytest.raises(ValueError, match=r"train\.tsv: only a header line, no examples"):
+        main(args=["fit", *_tiny_cli_args(tmp_path, "bert_glue_memel.yaml", "rte", "RTE"), "--trainer.max_steps", "1"])
+    assert not list((tmp_path / "runs" / "bert_glue_memel").glob("version_*"))
+
+
+def test_loading_a_pretrained_folder_prints_one_plain_line(tmp_path: Path, capfd, caplog) -> None:
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                         vocab_size=50)).save_pretrained(tmp_path / "bert")
+    capfd.readouterr()
+    with caplog.at_level("INFO"):
+        GlueClassifier(task="rte", pretrained=str(tmp_path / "bert"))
+    out = capfd.readouterr()
+    text = out.out + out.err + caplog.text
+    assert "LOAD REPORT" not in text and "\x1b[" not in text and "Loading weights" not in text
+    assert "newly initialised: classifier.bias, classifier.weight" in caplog.text

@@ -30,7 +30,7 @@ def trained(tmp_path_factory):
     ])
     (config,) = tmp.rglob("config.yaml")
     (ckpt,) = tmp.rglob("*.ckpt")
-    model, data, _ = build_from_config(config)
+    model, data, _ = build_from_config(config, cli_main=main)
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
     model.load_state_dict(checkpoint["state_dict"])
     data.setup("validate")

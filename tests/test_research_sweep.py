@@ -228,12 +228,6 @@ def test_variant_config_edits(tmp_path):
         set_dotted(cfg, "trainer.callbacks.5.init_args", {})
 
 
-def test_old_import_path_still_works():
-    from memel_lightning.sweep import read_scalars, sweep_main as old
-
-    assert old is sweep_main and callable(read_scalars)
-
-
 def test_help_still_lists_lightning_subcommands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

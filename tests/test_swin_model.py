@@ -1,4 +1,4 @@
-"""ImageClassifier: default taps (SPEC section 6), checkpoint loading, schedule, optimiser."""
+"""ImageClassifier: default taps (docs/method.md §6), checkpoint loading, schedule, optimiser."""
 import math
 
 import lightning.pytorch as pl
@@ -8,12 +8,9 @@ import torch
 
 from memel_lightning.callback import resolve_taps
 from memel_lightning.models import ImageClassifier
-from memel_lightning.models.image import (
-    WarmupCosine,
-    load_pretrained_file,
-    middle_blocks,
-    timm_default_taps,
-)
+from memel_lightning.models.image import load_pretrained_file
+from memel_lightning.models.optim import warmup_decay
+from memel_lightning.models.taps import middle_blocks, timm_default_taps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,7 +37,7 @@ def test_default_taps_of_real_swin_t_s_b(name, depths, expected):
     assert tuple(len(stage.blocks) for stage in net.layers) == depths
     taps = timm_default_taps(net, prefix="model.")
     assert taps == [f"model.layers.2.blocks.{i}" for i in expected]
-    d = depths[2]  # SPEC: blocks d/2-2 .. d/2+1 of stage 3
+    d = depths[2]  # docs/method.md §6: blocks d/2-2 .. d/2+1 of stage 3
     assert expected == list(range(d // 2 - 2, d // 2 + 2))
 
 
@@ -135,14 +132,18 @@ def test_pretrained_true_offline_is_a_clear_error(monkeypatch):
         ImageClassifier(model_name="resnet10t", num_classes=4, pretrained=True)
 
 
+def swin_lr(t, lr, warmup_lr, min_lr, warmup, total):
+    """The Swin recipe's learning rate at step t, written from its formula."""
+    if t < warmup:
+        return warmup_lr + (lr - warmup_lr) * t / warmup
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * (t - warmup) / (total - warmup)))
+
+
 def test_warmup_cosine_matches_formula():
-    s = WarmupCosine(lr=1e-3, warmup_lr=1e-6, min_lr=1e-5, warmup_steps=7, total_steps=50)
+    lr, warmup_lr, min_lr = 1e-3, 1e-6, 1e-5
     for t in range(0, 51):
-        if t < 7:
-            want = 1e-6 + (1e-3 - 1e-6) * t / 7
-        else:
-            want = 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * (t - 7) / 43))
-        assert s(t) == pytest.approx(want, rel=1e-12)
+        got = lr * warmup_decay(t, 7, 50, "cosine", start_factor=warmup_lr / lr, end_factor=min_lr / lr)
+        assert got == pytest.approx(swin_lr(t, lr, warmup_lr, min_lr, 7, 50), rel=1e-12)
 
 
 class _Data(pl.LightningDataModule):
@@ -179,8 +180,7 @@ def test_optimiser_groups_lr_scaling_and_schedule(tmp_path):
     assert eff["lr"] == pytest.approx(4e-3) and eff["min_lr"] == pytest.approx(4e-5)
     # 6 batches per epoch / 2 accumulation = 3 optimiser steps per epoch, 6 in all, 3 warm-up
     assert (eff["warmup_steps"], eff["total_steps"]) == (3, 6)
-    sched = WarmupCosine(4e-3, 4e-6, 4e-5, 3, 6)
-    assert seen == pytest.approx([sched(i // 2) for i in range(12)], rel=1e-9)
+    assert seen == pytest.approx([swin_lr(i // 2, 4e-3, 4e-6, 4e-5, 3, 6) for i in range(12)], rel=1e-9)
     # no weight decay on biases, norms and relative position tables
     opt = trainer.optimizers[0]
     names = {id(p): n for n, p in model.model.named_parameters()}

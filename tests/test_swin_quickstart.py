@@ -5,6 +5,8 @@ import pytest
 import torch
 from tb_utils import read_events
 
+from tests.test_l2e_causal_lm import CONCENTRATION
+
 from memel_lightning.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,14 +33,13 @@ def _run(tmp_path, config):
     )
 
 
-def test_quickstart_config_shows_progress_and_logs_to_tensorboard():
-    import yaml
-
-    cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
-    assert cfg["trainer"]["enable_progress_bar"] is True
-    assert cfg["trainer"]["logger"]["class_path"].endswith("TensorBoardLogger")
-    assert cfg["trainer"]["logger"]["init_args"]["save_dir"] == "runs/quickstart"
-    assert cfg["data"]["init_args"]["image_size"] == 32
+def test_quickstart_config_shows_progress_and_logs_to_tensorboard(tmp_path):
+    cli = main(args=["--config", str(REPO / "configs" / "quickstart.yaml")], run=False)  # an overlay
+    trainer = cli.config["trainer"]
+    assert trainer["enable_progress_bar"] is True
+    assert trainer["logger"]["class_path"].endswith("TensorBoardLogger")
+    assert trainer["logger"]["init_args"]["save_dir"] == "runs/quickstart"
+    assert cli.config["data"]["init_args"]["image_size"] == 32
 
 
 def test_quickstart_few_steps_tags_and_accuracy(tmp_path):
@@ -51,10 +52,10 @@ def test_quickstart_few_steps_tags_and_accuracy(tmp_path):
     events = read_events(tmp_path / "runs")
     tags = set(events.Tags()["scalars"])
     for tap in taps:
-        for metric in ("selected_frac", "mono_ratio", "phi_mean", "phi_max", "fkr"):
+        for metric in ("selected_frac", "mono_ratio", "phi_mean", "phi_max", CONCENTRATION):
             assert f"memel/{tap}/{metric}" in tags
         assert f"memel/{tap}/phi" in events.Tags()["histograms"]
-    assert {"memel/mono_ratio", "memel/fkr", "train_loss", "val_loss", "val_acc", "val_acc_top5", "lr"} <= tags
+    assert {"memel/mono_ratio", f"memel/{CONCENTRATION}", "train_loss", "val_loss", "val_acc", "val_acc_top5", "lr"} <= tags
     # batches 0 and 5 (logged at global steps 1 and 6) are in the late start (10 batches);
     # at batch 10 top-1 inhibits one value per sample out of 4x4 tokens x 64 channels
     frac = {e.step: e.value for e in events.Scalars(f"memel/{taps[1]}/selected_frac")}

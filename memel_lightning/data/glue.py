@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from .samplers import EpochSeededSampler
+from .samplers import EpochSeededSampler, ResumableDataLoader
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,23 @@ class GlueFormatError(ValueError):
     """A GLUE TSV file does not have the official layout."""
 
 
+def _read_utf8_lines(path: Path) -> list[str]:
+    """The file's lines without line ends or trailing blank lines (UTF-8, optional BOM); a
+    byte that is not UTF-8 is a :class:`GlueFormatError` naming the file and line."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        lineno = raw.count(b"\n", 0, err.start) + 1
+        raise GlueFormatError(
+            f"{path}, line {lineno}: byte {raw[err.start:err.start + 1]!r} is not UTF-8 (GLUE TSVs are UTF-8 text)"
+        ) from None
+    lines = [line.rstrip("\r") for line in text.split("\n")]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
 @dataclass
 class GlueSplit:
     """One split as plain lists: ``index`` (the file's id column, else the row number),
@@ -130,10 +147,7 @@ def read_glue_tsv(path: Union[str, Path], task: Union[str, GlueTask], labelled: 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"GLUE {spec.name}: no file {path}")
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        lines = [line.rstrip("\r\n") for line in fh]
-    while lines and not lines[-1].strip():
-        lines.pop()
+    lines = _read_utf8_lines(path)
 
     label_map = None if spec.labels is None else {name: i for i, name in enumerate(spec.labels)}
     index: list[int] = []
@@ -160,6 +174,9 @@ def read_glue_tsv(path: Union[str, Path], task: Union[str, GlueTask], labelled: 
         index_idx = next((header.index(c) for c in ("index", "id") if c in header), None)
         layout = f"{width} tab-separated columns as in the header {header}"
 
+    if len(lines) <= first:
+        what = "only a header line" if lines else "nothing"
+        raise GlueFormatError(f"{path}: {what}, no examples; expected {layout} and one example per line")
     for lineno, line in enumerate(lines[first:], start=first + 1):
         row = line.split("\t")
         if len(row) != width:
@@ -279,6 +296,10 @@ class GlueDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.spec = glue_task(task)
+        # Record the canonical name ("RTE", "SST-2" -> "rte", "sst2"): Lightning merges these
+        # hyper-parameters with the model's, which holds the canonical name too.
+        self.hparams.task = self.spec.name
+        self._hparams_initial["task"] = self.spec.name
         if predict_split not in ("test", "dev"):
             raise ValueError(f"predict_split must be 'test' or 'dev', got {predict_split!r}")
         if max_length < 8:
@@ -308,8 +329,10 @@ class GlueDataModule(pl.LightningDataModule):
     @property
     def submission_names(self) -> list[str]:
         """GLUE server file name per predict loader (``RTE.tsv``; MNLI ``MNLI-m.tsv``, ``MNLI-mm.tsv``)."""
-        splits = self.spec.test_splits if self.predict_split == "test" else self.spec.val_splits
-        return [s[3] for s in splits]
+        if self.predict_split == "test":
+            return [s[3] for s in self.spec.test_splits]
+        # dev-set predictions never take the name of the server file
+        return [s[3].replace(".tsv", ".dev.tsv") for s in self.spec.val_splits]
 
     # ------------------------------------------------------------------ loading
     def _load(self, stem: str, hf_split: str, labelled: bool) -> GlueSplit:
@@ -320,12 +343,24 @@ class GlueDataModule(pl.LightningDataModule):
                 f"GLUE {self.task}: data_dir {self.data_dir} is not a folder (expected the {self.spec.folder} "
                 "folder of the official GLUE download)"
             )
-        return read_glue_tsv(self.data_dir / f"{stem}.tsv", self.spec, labelled=labelled)
+        path = self.data_dir / f"{stem}.tsv"
+        if not path.is_file() and not labelled and self.predict_split == "test":
+            raise FileNotFoundError(
+                f"GLUE {self.task}: no test file {path}; to predict the dev set instead use --data.predict_split dev"
+            )
+        return read_glue_tsv(path, self.spec, labelled=labelled)
 
     def _bind_model(self) -> None:
         trainer = getattr(self, "trainer", None)
         model = getattr(trainer, "lightning_module", None) if trainer is not None else None
-        if model is not None and hasattr(model, "bind_glue_task"):
+        if model is not None:
+            self.bind(model)
+
+    def bind(self, model: Any) -> None:
+        """Hand this task to ``model`` (a GlueClassifier builds its network for it) and take the
+        model's tokenizer if none was given. ``setup`` does it for the trainer's model; call it
+        yourself when using the two without a trainer (e.g. ``cli.py probe``)."""
+        if hasattr(model, "bind_glue_task"):
             model.bind_glue_task(self.task)
             if self.tokenizer_name is None:
                 self.tokenizer_name = getattr(model, "tokenizer_name", None)
@@ -388,7 +423,7 @@ class GlueDataModule(pl.LightningDataModule):
         return GlueCollator(pad_token_id=0 if pad is None else pad, regression=self.spec.is_regression)
 
     def _loader(self, rows: list[dict[str, Any]], train: bool = False) -> DataLoader:
-        return DataLoader(
+        return (ResumableDataLoader if train else DataLoader)(  # mid-epoch resume is exact
             rows,
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=EpochSeededSampler(rows, seed=self.seed) if train else None,

@@ -1,12 +1,14 @@
 """GLUE server submission files, written by ``predict``."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
 
 from .glue import GlueTask, glue_task
 
@@ -31,10 +33,15 @@ def write_submission(path: Union[str, Path], spec: GlueTask, index: Sequence[int
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = sorted(zip((int(i) for i in index), predictions), key=lambda r: r[0])
-    with path.open("w", encoding="utf-8", newline="") as fh:
-        fh.write("index\tprediction\n")
-        for i, value in rows:
-            fh.write(f"{i}\t{format_prediction(spec, value)}\n")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # atomic: the name holds a whole file or none
+    try:
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            fh.write("index\tprediction\n")
+            for i, value in rows:
+                fh.write(f"{i}\t{format_prediction(spec, value)}\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -43,7 +50,10 @@ class GlueSubmissionWriter(BasePredictionWriter):
 
     One file per predict loader, named as the server expects (``CoLA.tsv``, ``SST-2.tsv``,
     ``MRPC.tsv``, ``STS-B.tsv``, ``QQP.tsv``, ``MNLI-m.tsv`` and ``MNLI-mm.tsv``,
-    ``QNLI.tsv``, ``RTE.tsv``, ``WNLI.tsv``, ``AX.tsv``) in ``output_dir``; rows are
+    ``QNLI.tsv``, ``RTE.tsv``, ``WNLI.tsv``, ``AX.tsv``; dev-set predictions,
+    ``--data.predict_split dev``, as ``RTE.dev.tsv``...) in ``output_dir`` (default:
+    ``<logger save_dir>/submissions/<logger name>``, e.g. ``runs/submissions/bert_glue_memel``);
+    files are written atomically; rows are
     ``index\\tprediction`` after a header line, sorted by index, with label names as GLUE
     expects. The task and the file names come from the trainer's
     :class:`~memel_lightning.data.GlueDataModule`. Predictions are collected per batch
@@ -59,9 +69,9 @@ class GlueSubmissionWriter(BasePredictionWriter):
               init_args: {output_dir: submissions}
     """
 
-    def __init__(self, output_dir: str = "submissions") -> None:
+    def __init__(self, output_dir: Optional[str] = None) -> None:
         super().__init__(write_interval="batch_and_epoch")
-        self.output_dir = Path(output_dir)
+        self.output_dir = None if output_dir is None else Path(output_dir)
         self._rows: dict[int, list[tuple[int, Any]]] = {}
         self.written: list[Path] = []
 
@@ -102,6 +112,17 @@ class GlueSubmissionWriter(BasePredictionWriter):
                     rows.setdefault(k, []).extend(v)
         if not trainer.is_global_zero:
             return
+        out = self.output_dir if self.output_dir is not None else default_output_dir(trainer)
         for loader, name in enumerate(names):
             unique = dict(rows.get(loader, []))  # DDP pads with repeated samples: one row per index
-            self.written.append(write_submission(self.output_dir / name, spec, list(unique), list(unique.values())))
+            self.written.append(write_submission(out / name, spec, list(unique), list(unique.values())))
+        rank_zero_info("GLUE predictions written to " + ", ".join(str(p) for p in self.written))
+
+
+def default_output_dir(trainer: Trainer) -> Path:
+    """``<save_dir>/submissions/<name>`` of the trainer's logger (``submissions`` without one)."""
+    logger = trainer.logger
+    save_dir, name = getattr(logger, "save_dir", None), getattr(logger, "name", None)
+    if save_dir is None or not name:
+        return Path("submissions")
+    return Path(save_dir) / "submissions" / str(name)

@@ -5,9 +5,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader
 
-from .samplers import EpochSeededSampler
+from .samplers import EpochSeededSampler, ResumableDataLoader
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 LAYOUT = "<root>/{split}/<class name>/<image>.JPEG (one folder per class, the same class folders in every split)"
@@ -160,13 +161,13 @@ class ImageNetDataModule(pl.LightningDataModule):
         if self.val_set is None:
             self.val_set = ImageFolder(str(self.root / self.hparams.val_dir), transform=self.transform(False))
 
-    def _loader(self, dataset: Any, batch_size: int, **kwargs: Any) -> DataLoader:
+    def _loader(self, dataset: Any, batch_size: int, train: bool = False, **kwargs: Any) -> DataLoader:
         workers = self.hparams.num_workers
-        return DataLoader(
+        return (ResumableDataLoader if train else DataLoader)(  # mid-epoch resume is exact
             dataset,
             batch_size=batch_size,
             num_workers=workers,
-            pin_memory=self.hparams.pin_memory,
+            pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),  # no warning on CPU
             persistent_workers=self.hparams.persistent_workers and workers > 0,
             **kwargs,
         )
@@ -175,6 +176,7 @@ class ImageNetDataModule(pl.LightningDataModule):
         return self._loader(
             self.train_set,
             self.batch_size,
+            train=True,
             sampler=EpochSeededSampler(self.train_set, seed=self.hparams.seed),
             drop_last=True,
         )

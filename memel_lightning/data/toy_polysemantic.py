@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from .samplers import EpochSeededSampler
+from .samplers import EpochSeededSampler, ResumableDataLoader
 
 
 def sparse_features(
@@ -94,7 +94,7 @@ class PolysemanticDataModule(pl.LightningDataModule):
         self.val_set = TensorDataset(val, dominant_feature(val))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        return ResumableDataLoader(  # mid-epoch resume is exact
             self.train_set,
             batch_size=self.batch_size,
             sampler=EpochSeededSampler(self.train_set, seed=self.seed),

@@ -10,6 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .hf_loading import from_pretrained_quietly
+from .optim import adamw, lazy_lambda_lr, warmup_decay, warmup_steps
+from .taps import gpt_neox_mlp_taps
+
 # Published Pythia shapes (Biderman et al. 2023, Table 1 / the EleutherAI configs):
 # layers, model width, heads, and the maximum learning rate of the Pythia recipe.
 # All use vocab 50304 (50277 BPE tokens padded to a multiple of 128), rotary on 25 % of
@@ -77,10 +81,11 @@ class CausalLM(pl.LightningModule):
     predicts the ``L`` next ones. Logs ``train_loss`` (mean token cross-entropy),
     ``val_loss`` and ``val_ppl = exp(val_loss)`` over the validation tokens.
 
-    Optimisation follows the Pythia recipe: AdamW (betas 0.9/0.95, eps 1e-8, weight
-    decay 0.01 on matrices only), linear warm-up over ``warmup_ratio`` of the steps,
-    then cosine decay to ``min_lr_ratio * lr``; ``lr`` defaults to the preset's Pythia
-    value. The schedule length is ``max_steps`` or the trainer's estimate.
+    Optimisation follows the Pythia recipe (:mod:`~memel_lightning.models.optim`): AdamW
+    (betas 0.9/0.95, eps 1e-8, weight decay 0.01 on matrices only), linear warm-up from 0
+    over ``warmup_ratio`` of the steps (at least one), then cosine decay to
+    ``min_lr_ratio * lr``; ``lr`` defaults to the preset's Pythia value. The schedule length
+    is ``max_steps`` or the trainer's estimate (taken at the first optimiser step).
 
     :meth:`memel_taps` returns every layer's MLP activation
     (``model.gpt_neox.layers.<i>.mlp.act``, output ``(B, L, 4d)``): the neurons L2E
@@ -116,8 +121,9 @@ class CausalLM(pl.LightningModule):
 
         overrides = dict(config_overrides or {})
         if os.path.isdir(model):
-            self.model = GPTNeoXForCausalLM.from_pretrained(
-                model, local_files_only=True, attn_implementation=attn_implementation, **overrides
+            self.model = from_pretrained_quietly(
+                GPTNeoXForCausalLM.from_pretrained, model, "CausalLM", local_files_only=True,
+                attn_implementation=attn_implementation, **overrides,
             )
             default_lr = 3e-4
         else:
@@ -144,7 +150,7 @@ class CausalLM(pl.LightningModule):
         return self.model.config.vocab_size
 
     def memel_taps(self) -> list[str]:
-        return [f"model.gpt_neox.layers.{i}.mlp.act" for i in range(self.num_layers)]
+        return gpt_neox_mlp_taps(self.num_layers)
 
     # ------------------------------------------------------------------ steps
     def setup(self, stage: str) -> None:
@@ -214,27 +220,18 @@ class CausalLM(pl.LightningModule):
 
     def lr_factor(self, step: int, total: int) -> float:
         """Warm-up then cosine decay to ``min_lr_ratio``: the multiplier of ``lr`` at ``step``."""
-        warmup = max(1, int(round(self.hparams.warmup_ratio * total)))
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        floor = self.hparams.min_lr_ratio
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        warmup = warmup_steps(self.hparams.warmup_ratio, total)
+        return warmup_decay(step, warmup, total, "cosine", end_factor=self.hparams.min_lr_ratio)
 
     def configure_optimizers(self) -> dict:
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            (decay if p.dim() >= 2 and "layernorm" not in name.lower() else no_decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(
-            groups, lr=self.lr, betas=tuple(self.hparams.betas), eps=self.hparams.adam_eps,
-            fused=self.device.type == "cuda",
-        )
-        total = self._total_steps()
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: self.lr_factor(s, total))
+        hp = self.hparams
+        optimizer = adamw(self, lr=self.lr, weight_decay=hp.weight_decay, betas=hp.betas, eps=hp.adam_eps,
+                          fused=self.device.type == "cuda")
+
+        def lengths() -> tuple[int, int]:  # asked at the first step, after a resume's loop state is back
+            total = self._total_steps()
+            return warmup_steps(hp.warmup_ratio, total), total
+
+        scheduler = lazy_lambda_lr(optimizer, lengths, "cosine", end_factor=hp.min_lr_ratio,
+                                   warms_up=hp.warmup_ratio > 0)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

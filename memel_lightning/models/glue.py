@@ -17,9 +17,9 @@ from torchmetrics.classification import (
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
 from ..data.glue import GlueTask, glue_task
-
-BLOCK_LISTS = ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer", "h", "blocks")
-
+from .hf_loading import from_pretrained_quietly
+from .optim import adamw, lazy_lambda_lr, warmup_steps
+from .taps import hf_encoder_taps
 
 def glue_metrics(task: str) -> MetricCollection:
     """The GLUE metrics of ``task`` as a torchmetrics collection (keys are the logged names
@@ -50,46 +50,6 @@ def glue_score(task: str, values: dict[str, Tensor]) -> Tensor:
     return torch.stack([v.float() for v in values.values()]).mean()
 
 
-def encoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The name (relative to ``model``) and the ModuleList of a transformer's block stack.
-
-    Looks in ``model.base_model`` for ``encoder.layer`` (BERT, RoBERTa, ELECTRA),
-    ``encoder.layers``, ``transformer.layer`` (DistilBERT), ``layers``, ``layer``, ``h``,
-    ``blocks``; otherwise takes the longest ``nn.ModuleList`` under it.
-    """
-    base = getattr(model, "base_model", model)
-    names = {id(m): n for n, m in model.named_modules()}
-    for path in BLOCK_LISTS:
-        mod: Any = base
-        for part in path.split("."):
-            mod = getattr(mod, part, None)
-            if mod is None:
-                break
-        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
-            return names[id(mod)], mod
-    lists = [(n, m) for n, m in base.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
-    if not lists:
-        raise ValueError(f"{type(model).__name__}: found no stack of transformer blocks (no nn.ModuleList)")
-    _, best = max(lists, key=lambda nm: len(nm[1]))
-    return names[id(best)], best
-
-
-def middle_blocks(depth: int, count: int = 4) -> list[int]:
-    """Indices of the middle ``count`` blocks of a stack of ``depth``: ``start = depth // 2 - 2``.
-
-    12 layers (BERT-base, SPEC section 6): 4-7; 6 layers (MiniLM-L6): 1-4; 24 layers: 10-13;
-    stacks of fewer than ``count`` blocks: all of them.
-
-    Example:
-        >>> middle_blocks(12), middle_blocks(6), middle_blocks(24), middle_blocks(3)
-        ([4, 5, 6, 7], [1, 2, 3, 4], [10, 11, 12, 13], [0, 1, 2])
-    """
-    if depth <= count:
-        return list(range(depth))
-    start = max(0, depth // 2 - count // 2)
-    return list(range(start, min(depth, start + count)))
-
-
 class GlueClassifier(pl.LightningModule):
     """Fine-tune ``AutoModelForSequenceClassification`` on one GLUE task.
 
@@ -103,8 +63,9 @@ class GlueClassifier(pl.LightningModule):
     saved in the checkpoint's hyper-parameters. This is what lets ``--data.task`` alone
     switch the task on the command line. A model fine-tuned on MNLI also predicts AX.
 
-    Optimiser (the paper's recipe): AdamW (no weight decay on biases and LayerNorm), linear
-    warm-up over ``warmup_ratio`` of the total steps, then linear decay to zero.
+    Optimiser (the paper's recipe, :mod:`~memel_lightning.models.optim`): AdamW (no weight
+    decay on biases and LayerNorm), linear warm-up over ``warmup_ratio`` of the total steps
+    (at least one step when it is > 0), then linear decay to zero.
 
     Logs ``train_loss``, ``val_loss`` and per validation epoch the task metrics
     (``val_mcc``; ``val_pearson``, ``val_spearman``; ``val_acc``, ``val_f1``; ``val_acc``),
@@ -113,7 +74,7 @@ class GlueClassifier(pl.LightningModule):
     ``val_loss_m``...; ``val_score`` is the matched one).
 
     Taps: :meth:`memel_taps` gives the outputs of the middle four blocks of the encoder
-    (:func:`middle_blocks`: 4-7 of 12, 1-4 of 6); :meth:`memel_mask` gives the batch's
+    (:func:`~memel_lightning.models.taps.middle_blocks`: 4-7 of 12, 1-4 of 6); :meth:`memel_mask` gives the batch's
     attention mask, so padding is never inhibited nor counted.
 
     Example:
@@ -143,12 +104,14 @@ class GlueClassifier(pl.LightningModule):
         if not 0.0 <= warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
         self.save_hyperparameters()
+        if task is not None:  # canonical name ("RTE" -> "rte"), as the data module records it
+            self.hparams.task = self._hparams_initial["task"] = glue_task(task).name
         self.model: Optional[nn.Module] = None
         self.spec: Optional[GlueTask] = None
         self.val_metrics = nn.ModuleList()
         self.val_suffixes: list[str] = []
         if task is not None:
-            self._build(task)
+            self._build(self.hparams.task)
 
     # ------------------------------------------------------------------ building
     @property
@@ -186,8 +149,9 @@ class GlueClassifier(pl.LightningModule):
             heads["id2label"] = dict(enumerate(spec.labels))
             heads["label2id"] = {name: i for i, name in enumerate(spec.labels)}
         if self.hparams.pretrained is not None:
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                self.hparams.pretrained, ignore_mismatched_sizes=True, **heads
+            self.model = from_pretrained_quietly(
+                AutoModelForSequenceClassification.from_pretrained, self.hparams.pretrained,
+                f"GlueClassifier ({spec.name})", ignore_mismatched_sizes=True, **heads,
             )
         else:
             cfg = dict(self.hparams.config)
@@ -208,8 +172,7 @@ class GlueClassifier(pl.LightningModule):
         return self.model
 
     def memel_taps(self) -> list[str]:
-        name, blocks = encoder_blocks(self._net())
-        return [f"model.{name}.{i}" for i in middle_blocks(len(blocks), self.hparams.num_taps)]
+        return hf_encoder_taps(self._net(), prefix="model.", count=self.hparams.num_taps)
 
     def memel_mask(self, batch: dict[str, Tensor]) -> Optional[Tensor]:
         """The attention mask ``(B, L)``: padding positions are excluded from inhibition."""
@@ -227,6 +190,11 @@ class GlueClassifier(pl.LightningModule):
             kwargs["token_type_ids"] = token_type_ids
         logits = self._net()(input_ids=input_ids, **kwargs).logits
         return logits.squeeze(-1) if self.spec.is_regression else logits
+
+    def probe_forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """The forward of a data-module batch (``cli.py probe``): the batch's ``idx`` and
+        ``labels`` are not inputs of the network."""
+        return self._logits(batch)
 
     def _logits(self, batch: dict[str, Tensor]) -> Tensor:
         return self(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
@@ -288,26 +256,12 @@ class GlueClassifier(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
-        decay, no_decay = [], []
-        for name, param in self._net().named_parameters():
-            if not param.requires_grad:
-                continue
-            (no_decay if param.dim() < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.hparams.lr,
-            eps=self.hparams.adam_eps,
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.hparams.warmup_ratio * total)
+        hp = self.hparams
+        optimizer = adamw(self._net(), lr=hp.lr, weight_decay=hp.weight_decay, eps=hp.adam_eps)
 
-        def linear(step: int) -> float:  # warm-up 0 -> 1 over `warmup` steps, then 1 -> 0 at `total`
-            if step < warmup:
-                return step / warmup
-            return max(0.0, (total - step) / max(1, total - warmup))
+        def lengths() -> tuple[int, int]:  # asked at the first step, after a resume's loop state is back
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            return warmup_steps(hp.warmup_ratio, total), total
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear)
+        scheduler = lazy_lambda_lr(optimizer, lengths, "linear", warms_up=hp.warmup_ratio > 0)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

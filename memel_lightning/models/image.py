@@ -13,75 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from .optim import adamw, lazy_lambda_lr
+from .taps import timm_default_taps
+
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
-
-
-# ---------------------------------------------------------------------- default taps
-def _stages(model: nn.Module) -> Optional[tuple[str, list[int]]]:
-    """``(stage container name, blocks per stage)`` of a timm model, or None if unknown.
-
-    Recognised layouts: ``layers.<s>.blocks.<i>`` (Swin, Swin V2), ``stages.<s>.blocks.<i>``
-    (ConvNeXt, MaxViT-like, many timm CNNs) and a flat ``blocks.<i>`` (ViT, DeiT, BEiT),
-    which counts as one stage.
-    """
-    for attr in ("layers", "stages"):
-        container = getattr(model, attr, None)
-        if isinstance(container, (nn.ModuleList, nn.Sequential)) and len(container) > 0:
-            if all(isinstance(getattr(s, "blocks", None), (nn.ModuleList, nn.Sequential)) for s in container):
-                return attr, [len(s.blocks) for s in container]
-    blocks = getattr(model, "blocks", None)
-    if isinstance(blocks, (nn.ModuleList, nn.Sequential)) and len(blocks) > 0:
-        return "", [len(blocks)]
-    return None
-
-
-def middle_blocks(depth: int) -> list[int]:
-    """Blocks ``d/2-2 .. d/2+1`` of a stage of depth ``d`` (SPEC section 6), clipped to the stage.
-
-    Swin-T's stage 3 (d=6) gives 1-4, Swin-S/B's (d=18) give 7-10; a stage of depth 2 gives
-    0-1.
-
-    Example:
-        >>> middle_blocks(6), middle_blocks(18), middle_blocks(2)
-        ([1, 2, 3, 4], [7, 8, 9, 10], [0, 1])
-    """
-    if depth < 1:
-        raise ValueError(f"a stage needs at least one block, got depth {depth}")
-    lo, hi = depth // 2 - 2, depth // 2 + 1
-    return list(range(max(lo, 0), min(hi, depth - 1) + 1))
-
-
-def timm_default_taps(model: nn.Module, prefix: str = "") -> list[str]:
-    """Default MEmeL taps of a timm model, as full module names (``prefix`` + name).
-
-    Rule (SPEC section 6 for Swin, generalised):
-
-    - Swin (``layers.<s>.blocks``, at least 3 stages): stage 3 (index 2), blocks
-      ``d/2-2 .. d/2+1`` of its depth ``d`` (:func:`middle_blocks`);
-    - other timm models with ``stages.<s>.blocks`` / ``layers.<s>.blocks``: the same middle
-      blocks of the deepest stage (the first one on ties);
-    - flat ``blocks`` (ViT): the middle blocks of that list (like BERT's 4-7 of 12);
-    - anything else: a ``ValueError`` asking for explicit taps.
-
-    Example:
-        >>> net = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False,
-        ...     embed_dim=8, num_heads=(1, 1, 1, 1), img_size=32, patch_size=2, window_size=4)
-        >>> timm_default_taps(net, prefix="model.")
-        ['model.layers.2.blocks.1', 'model.layers.2.blocks.2', 'model.layers.2.blocks.3', 'model.layers.2.blocks.4']
-    """
-    found = _stages(model)
-    if found is None:
-        raise ValueError(
-            f"no default MEmeL taps for {type(model).__name__}: it has none of the block layouts "
-            "'layers.<s>.blocks', 'stages.<s>.blocks' or 'blocks'; pass explicit taps to "
-            "MEmeLCallback, e.g. taps: ['model.stages.2.*']"
-        )
-    attr, depths = found
-    if not attr:
-        return [f"{prefix}blocks.{i}" for i in middle_blocks(depths[0])]
-    is_swin = attr == "layers" and "swin" in type(model).__name__.lower()
-    stage = 2 if is_swin and len(depths) >= 3 else max(range(len(depths)), key=lambda s: (depths[s], -s))
-    return [f"{prefix}{attr}.{stage}.blocks.{i}" for i in middle_blocks(depths[stage])]
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -214,8 +149,8 @@ class ImageClassifier(pl.LightningModule):
     network) or a local ``.pth``/``.safetensors`` file such as the official
     ``swin_tiny_patch4_window7_224_22k.pth`` (see :func:`load_pretrained_file`).
 
-    Training: AdamW without weight decay on biases, norms and the model's
-    ``no_weight_decay()`` parameters (timm's parameter groups, optional ``layer_decay``);
+    Training (:mod:`~memel_lightning.models.optim`): AdamW without weight decay on biases,
+    norms and the model's ``no_weight_decay()`` parameters (optional ``layer_decay``);
     per-step learning rate with a linear warm-up from ``warmup_lr`` to ``lr`` over
     ``warmup_epochs`` then a cosine decay to ``min_lr``:
 
@@ -230,7 +165,8 @@ class ImageClassifier(pl.LightningModule):
     (smoothing inside the mixed targets). Logs ``train_loss``, ``lr``, ``val_loss``,
     ``val_acc`` (top-1) and ``val_acc_top5``.
 
-    :meth:`memel_taps` gives SPEC section 6's placement (:func:`timm_default_taps`): for
+    :meth:`memel_taps` gives docs/method.md §6's placement
+    (:func:`~memel_lightning.models.taps.timm_default_taps`): for
     Swin-T ``model.layers.2.blocks.1`` .. ``.4``, for Swin-S/B ``.7`` .. ``.10``.
 
     Example:
@@ -337,68 +273,47 @@ class ImageClassifier(pl.LightningModule):
 
     # -------------------------------------------------------------- optimisation
     def global_batch_size(self) -> int:
-        """Per-device train batch x devices x nodes x gradient accumulation."""
+        """Per-device train batch x devices x nodes x gradient accumulation.
+
+        The per-device batch is the data module's ``batch_size`` (else the train loader's,
+        if Lightning has built it): asking for the loader here would build it before a
+        resumed run's loop state is restored.
+        """
         trainer = self.trainer
-        loader = trainer.train_dataloader
-        per_device = getattr(loader, "batch_size", None)
-        if per_device is None and trainer.datamodule is not None:
-            per_device = getattr(trainer.datamodule, "batch_size", None)
+        per_device = getattr(trainer.datamodule, "batch_size", None) if trainer.datamodule is not None else None
+        if per_device is None:
+            per_device = getattr(trainer.train_dataloader, "batch_size", None)
         if per_device is None:
             raise ValueError("lr_base_batch_size is set but the train batch size cannot be found")
         return int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
 
     def configure_optimizers(self) -> Any:
-        from timm.optim import create_optimizer_v2
-
         hp = self.hparams
         lr, warmup_lr, min_lr = hp.lr, hp.warmup_lr, hp.min_lr
-        total = warmup = 0
-        if self._trainer is not None:
-            total = int(self.trainer.estimated_stepping_batches)  # also loads the train dataloader
-            if hp.lr_base_batch_size:
-                scale = self.global_batch_size() / hp.lr_base_batch_size
-                lr, warmup_lr, min_lr = lr * scale, warmup_lr * scale, min_lr * scale
-            if hp.warmup_steps is not None:
-                warmup = int(hp.warmup_steps)
-            else:
-                steps_per_epoch = math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
-                warmup = int(hp.warmup_epochs * steps_per_epoch)
-        self.effective_lr = {"lr": lr, "warmup_lr": warmup_lr, "min_lr": min_lr, "warmup_steps": warmup, "total_steps": total}
-        optimizer = create_optimizer_v2(
-            self.model,
-            opt="adamw",
-            lr=lr,
-            weight_decay=hp.weight_decay,
-            layer_decay=hp.layer_decay,
-            betas=tuple(hp.betas),
-            eps=hp.eps,
-        )
-        if hp.scheduler == "constant" or total <= 0:
+        if self._trainer is not None and hp.lr_base_batch_size:
+            scale = self.global_batch_size() / hp.lr_base_batch_size
+            lr, warmup_lr, min_lr = lr * scale, warmup_lr * scale, min_lr * scale
+        self.effective_lr = {"lr": lr, "warmup_lr": warmup_lr, "min_lr": min_lr}
+        optimizer = adamw(self.model, lr=lr, weight_decay=hp.weight_decay, betas=hp.betas, eps=hp.eps,
+                          layer_decay=hp.layer_decay)
+        if hp.scheduler == "constant" or self._trainer is None:
             return optimizer
-        schedule = WarmupCosine(lr, warmup_lr, min_lr, warmup, total)
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: schedule(t) / lr)
+
+        def lengths() -> tuple[int, int]:  # asked at the first step, after a resume's loop state is back
+            trainer = self.trainer
+            total = int(trainer.estimated_stepping_batches)
+            if hp.warmup_steps is not None:
+                return int(hp.warmup_steps), total
+            steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+            return max(1 if hp.warmup_epochs > 0 else 0, int(hp.warmup_epochs * steps_per_epoch)), total
+
+        def record(warmup: int, total: int) -> None:
+            self.effective_lr.update(warmup_steps=warmup, total_steps=total)
+
+        warms_up = (hp.warmup_steps or 0) > 0 if hp.warmup_steps is not None else hp.warmup_epochs > 0
+        sched = lazy_lambda_lr(optimizer, lengths, "cosine", start_factor=warmup_lr / lr, end_factor=min_lr / lr,
+                               warms_up=warms_up, on_resolve=record)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-class WarmupCosine:
-    """The learning rate at optimiser step ``t``: linear warm-up then cosine decay.
-
-    Example:
-        >>> s = WarmupCosine(lr=1.0, warmup_lr=0.0, min_lr=0.1, warmup_steps=10, total_steps=110)
-        >>> s(0), s(5), s(10), round(s(60), 3), round(s(110), 3)
-        (0.0, 0.5, 1.0, 0.55, 0.1)
-    """
-
-    def __init__(self, lr: float, warmup_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> None:
-        self.lr, self.warmup_lr, self.min_lr = float(lr), float(warmup_lr), float(min_lr)
-        self.warmup_steps, self.total_steps = int(warmup_steps), int(total_steps)
-
-    def __call__(self, t: int) -> float:
-        if t < self.warmup_steps:
-            return self.warmup_lr + (self.lr - self.warmup_lr) * t / self.warmup_steps
-        span = max(self.total_steps - self.warmup_steps, 1)
-        progress = min((t - self.warmup_steps) / span, 1.0)
-        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def build_timm_model(
