@@ -16,7 +16,9 @@ from memel_lightning.cli import ConfigError, expand_configs, main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-ALL = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml") if "sweeps" not in p.parts)
+# sweeps/ holds sweep files, convgru_parts/ config sections that the ConvGRU configs include
+ALL = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")
+             if "sweeps" not in p.parts and "convgru_parts" not in p.parts)
 
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true"]
 # How each config is scaled down to instantiate on a 2-core CPU without data ("{tmp}": a
@@ -24,6 +26,7 @@ CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=a
 OVERRIDES: dict[str, list[str]] = {
     "swin_baseline.yaml": [*CPU, "--data.init_args.root={imagenet}", "--data.init_args.num_workers=0"],
     "swin_memel.yaml": [*CPU, "--data.init_args.root={imagenet}", "--data.init_args.num_workers=0"],
+    "swin_paper_memel.yaml": [*CPU, "--data.init_args.root={imagenet}", "--data.init_args.num_workers=0"],
     "pythia70m_baseline.yaml": [*CPU, "--model.init_args.model=tiny"],
     "pythia70m_l2e.yaml": [*CPU, "--model.init_args.model=tiny"],
     "pythia410m_baseline.yaml": [*CPU, "--model.init_args.model=tiny"],
@@ -108,6 +111,26 @@ def test_overlays_reproduce_the_full_configs_they_replaced(tmp_path: Path) -> No
     assert (big.trainer.accumulate_grad_batches, big.datamodule.batch_size, big.model.lr) == (8, 16, 3e-4)
     (cb,) = [c for c in big.trainer.callbacks if isinstance(c, MEmeLCallback)]
     assert memel_settings_of(cb)["selector"] == "moving_threshold" and cb.hist_every_n_steps == 1000
+
+
+def test_paper_modes(tmp_path: Path) -> None:
+    """GLUE paper mode: fixed padding to max_length, no padding mask, final-epoch weights; Swin
+    paper mode: per-GPU statistics on a 64-image micro-batch x 16 accumulation steps."""
+    import torch
+
+    glue = instantiate("bert_glue_paper_memel.yaml", tmp_path)
+    (cb,) = [c for c in glue.trainer.callbacks if isinstance(c, MEmeLCallback)]
+    assert memel_settings_of(cb)["variable_shape"] is False
+    assert glue.trainer.checkpoint_callback.monitor is None
+    assert glue.model.memel_mask({"attention_mask": torch.ones(2, 3)}) is None
+    collate = glue.datamodule._collator.__func__  # the collator pads every batch to max_length
+    glue.datamodule._get_tokenizer = lambda: type("T", (), {"pad_token_id": 0})()
+    batch = collate(glue.datamodule)([{"input_ids": [1, 2], "attention_mask": [1, 1], "idx": 0, "label": 1}])
+    assert batch["input_ids"].shape == (1, 128) and int(batch["attention_mask"].sum()) == 2
+    swin = instantiate("swin_paper_memel.yaml", tmp_path)
+    (cb,) = [c for c in swin.trainer.callbacks if isinstance(c, MEmeLCallback)]
+    assert cb.sync_stats is False and swin.trainer.accumulate_grad_batches == 16
+    assert swin.datamodule.hparams.batch_size == 64
 
 
 def test_memel_options_from_the_command_line(tmp_path: Path) -> None:

@@ -227,19 +227,23 @@ def load_glue_hf(task: Union[str, GlueTask], split: str) -> GlueSplit:
 
 
 class GlueCollator:
-    """Dynamic padding: pads a list of tokenised examples to the longest in the batch.
+    """Pads a list of tokenised examples to the longest in the batch (dynamic padding) or,
+    with ``pad_to``, always to that length (fixed padding, as the MEmeL authors' code does).
 
     Batches are dicts with ``input_ids``, ``attention_mask`` (and ``token_type_ids`` if
     the tokenizer makes them) of shape ``(B, L)``, ``idx`` (the GLUE index) and, for
     labelled splits, ``labels`` (long, float for STS-B).
     """
 
-    def __init__(self, pad_token_id: int = 0, regression: bool = False) -> None:
+    def __init__(self, pad_token_id: int = 0, regression: bool = False, pad_to: Optional[int] = None) -> None:
         self.pad_token_id = int(pad_token_id)
         self.regression = regression
+        self.pad_to = pad_to
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
         length = max(len(f["input_ids"]) for f in features)
+        if self.pad_to is not None:
+            length = max(length, int(self.pad_to))
         batch: dict[str, Tensor] = {}
         keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in features[0]]
         for key in keys:
@@ -265,7 +269,8 @@ class GlueDataModule(pl.LightningDataModule):
     model's (``GlueClassifier.pretrained``) is used. When attached to a trainer together
     with a :class:`~memel_lightning.models.GlueClassifier`, ``setup`` hands the task to
     the model (so ``--data.task`` alone switches task). Texts are truncated to
-    ``max_length`` tokens and padded per batch; the batch's ``attention_mask`` is what
+    ``max_length`` tokens and padded per batch (``padding="longest"``) or always to
+    ``max_length`` (``padding="max_length"``, the authors' set-up); the batch's ``attention_mask`` is what
     ``GlueClassifier.memel_mask`` gives the inhibition taps, so padding is never
     inhibited nor counted in the statistics.
 
@@ -292,9 +297,12 @@ class GlueDataModule(pl.LightningDataModule):
         predict_split: str = "test",
         seed: int = 0,
         num_workers: int = 0,
+        padding: str = "longest",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if padding not in ("longest", "max_length"):
+            raise ValueError(f"padding must be 'longest' (dynamic) or 'max_length' (fixed), got {padding!r}")
         self.spec = glue_task(task)
         # Record the canonical name ("RTE", "SST-2" -> "rte", "sst2"): Lightning merges these
         # hyper-parameters with the model's, which holds the canonical name too.
@@ -420,7 +428,8 @@ class GlueDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ loaders
     def _collator(self) -> GlueCollator:
         pad = getattr(self._get_tokenizer(), "pad_token_id", None)
-        return GlueCollator(pad_token_id=0 if pad is None else pad, regression=self.spec.is_regression)
+        pad_to = self.hparams.max_length if self.hparams.padding == "max_length" else None
+        return GlueCollator(pad_token_id=0 if pad is None else pad, regression=self.spec.is_regression, pad_to=pad_to)
 
     def _loader(self, rows: list[dict[str, Any]], train: bool = False) -> DataLoader:
         return (ResumableDataLoader if train else DataLoader)(  # mid-epoch resume is exact

@@ -75,7 +75,9 @@ class GlueClassifier(pl.LightningModule):
 
     Taps: :meth:`memel_taps` gives the outputs of the middle four blocks of the encoder
     (:func:`~memel_lightning.models.taps.middle_blocks`: 4-7 of 12, 1-4 of 6); :meth:`memel_mask` gives the batch's
-    attention mask, so padding is never inhibited nor counted.
+    attention mask, so padding is never inhibited nor counted (``mask_padding=False``, the
+    authors' set-up in paper mode, drops the mask: with fixed padding to 128 the top-1 of a
+    short sentence may then land on a padding position).
 
     Example:
         >>> model = GlueClassifier(task="rte", config={"hidden_size": 32, "num_hidden_layers": 6,
@@ -97,6 +99,7 @@ class GlueClassifier(pl.LightningModule):
         warmup_ratio: float = 0.1,
         adam_eps: float = 1e-6,
         num_taps: int = 4,
+        mask_padding: bool = True,
     ) -> None:
         super().__init__()
         if (pretrained is None) == (config is None):
@@ -175,8 +178,10 @@ class GlueClassifier(pl.LightningModule):
         return hf_encoder_taps(self._net(), prefix="model.", count=self.hparams.num_taps)
 
     def memel_mask(self, batch: dict[str, Tensor]) -> Optional[Tensor]:
-        """The attention mask ``(B, L)``: padding positions are excluded from inhibition."""
-        return batch.get("attention_mask")
+        """The attention mask ``(B, L)``: padding positions are excluded from inhibition.
+        ``mask_padding=False`` (the authors' code, paper mode) lets padding positions into the
+        statistics and the selection."""
+        return batch.get("attention_mask") if self.hparams.mask_padding else None
 
     # ------------------------------------------------------------------ steps
     def forward(
