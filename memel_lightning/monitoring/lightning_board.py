@@ -75,6 +75,8 @@ class TrainerBoard:
 
     def step(self, trainer: Trainer, step: int, metrics: Mapping[str, Any], logged_tags: Iterable[str] = ()) -> None:
         """A recorded step: its ``TapSet.end_step`` result and the tags it was logged under."""
+        if not trainer.is_global_zero:
+            return  # the views are drawn on rank zero only: no host copies elsewhere
         self.logged.update(logged_tags)
         self.dashboard.record(step, metrics)
         self._last_step = step
