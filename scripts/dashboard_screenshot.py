@@ -13,6 +13,7 @@ Needs Chromium (Debian: ``apt-get install -y chromium``).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import shutil
@@ -27,14 +28,18 @@ from pathlib import Path
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-# tab -> (URL fragment, window WIDTH,HEIGHT in CSS pixels, device scale). Smoothing off:
-# the default 0.6 bends sparse MEmeL curves (docs/monitoring.md). The Images tab draws
-# images ~350 px wide, so it is taken at device scale 2 for a legible heatmap; the
-# HParams table needs width for its settings and metric columns.
+# Deep querySelectorAll through TensorBoard's (Polymer) shadow roots.
+DEEP = ("(sel => { const out = []; const walk = r => { r.querySelectorAll(sel).forEach(e => out.push(e)); "
+        "r.querySelectorAll('*').forEach(e => e.shadowRoot && walk(e.shadowRoot)); }; walk(document); return out; })")
+# tab -> (URL fragment, viewport WIDTH, HEIGHT in CSS pixels, device scale, script run once the tab
+# has loaded). Custom Scalars: smoothing 0 (URL) and outliers not ignored (set in localStorage
+# before, see main): TensorBoard's defaults bend and clip sparse MEmeL curves; the mono_ratio
+# chart's "Matches" list (its legend) opened. Images: at their actual size.
 TABS = {
-    "custom_scalars": ("#custom_scalars&_smoothingWeight=0", "1100,760", 2),
-    "images": ("#images", "1100,640", 2),
-    "hparams": ("#hparams", "2300,330", 1),
+    "custom_scalars": ("#custom_scalars&_smoothingWeight=0", 1100, 900, 2,
+                       DEEP + "('tf-custom-scalar-multi-line-chart-card').slice(0, 1).forEach(c => c._toggleMatchesOpen())"),
+    "images": ("#images", 1720, 960, 1, DEEP + "('tf-image-dashboard').forEach(d => d.set('_actualSize', true))"),
+    "hparams": ("#hparams", 2300, 330, 1, ""),
 }
 MAX_BYTES = 300_000
 
@@ -57,14 +62,25 @@ def main(argv: list[str] | None = None) -> None:
              "--port", str(port), "--reload_interval", "0"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+        browser = None
         try:
             wait_for_data(port)
-            for name, (fragment, size, scale) in TABS.items():
+            browser = Browser(args.chromium, Path(tmp) / "chromium")
+            url = f"http://127.0.0.1:{port}/"
+            browser.open(url, 1100, 900, 1)
+            browser.run("localStorage.setItem('_ignoreYOutliers', 'false')")  # read by the Custom Scalars tab
+            for name, (fragment, width, height, scale, script) in TABS.items():
                 path = args.out / f"{name}.png"
-                screenshot(args.chromium, f"http://127.0.0.1:{port}/{fragment}", path, size, scale, Path(tmp))
+                browser.open(url + fragment, width, height, scale)
+                if script:
+                    browser.run(script)
+                    time.sleep(3)
+                path.write_bytes(browser.screenshot())
                 shrink(path)
                 print(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}: {path.stat().st_size // 1000} KB")
         finally:
+            if browser is not None:
+                browser.close()
             board.terminate()
             board.wait(timeout=30)
 
@@ -101,13 +117,70 @@ def wait_for_data(port: int, timeout: float = 120.0) -> None:
     raise TimeoutError(f"TensorBoard on port {port} showed no custom_scalars/images/hparams data in {timeout:.0f} s")
 
 
-def screenshot(chromium: str, url: str, path: Path, size: str, scale: int, tmp: Path) -> None:
-    subprocess.run(
-        [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-         f"--user-data-dir={tmp / 'chromium'}", f"--window-size={size}", f"--force-device-scale-factor={scale}", "--virtual-time-budget=20000",
-         f"--screenshot={path}", url],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180,
-    )
+class Browser:
+    """Headless Chromium driven over the DevTools protocol on a pipe
+    (``--remote-debugging-pipe``: commands in on fd 3, replies out on fd 4, each a JSON
+    message ended by a NUL byte), so no extra package is needed."""
+
+    def __init__(self, chromium: str, profile: Path) -> None:
+        cmd_read, self._cmd_write = os.pipe()
+        self._out_read, out_write = os.pipe()
+
+        def child_fds() -> None:
+            os.dup2(cmd_read, 3)
+            os.dup2(out_write, 4)
+
+        self.proc = subprocess.Popen(
+            [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+             "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"],
+            preexec_fn=child_fds, pass_fds=(3, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        os.close(cmd_read)
+        os.close(out_write)
+        self._buffer, self._id = b"", 0
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+
+    def call(self, method: str, session: str | None = None, **params) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self._cmd_write, json.dumps(message).encode() + b"\0")
+        while True:  # replies of other ids and events are skipped
+            while b"\0" not in self._buffer:
+                chunk = os.read(self._out_read, 1 << 20)
+                if not chunk:
+                    raise RuntimeError(f"chromium exited during {method}")
+                self._buffer += chunk
+            raw, self._buffer = self._buffer.split(b"\0", 1)
+            reply = json.loads(raw)
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+
+    def open(self, url: str, width: int, height: int, scale: int, settle: float = 8.0) -> None:
+        """Load ``url`` in a ``width`` x ``height`` viewport; wait ``settle`` s for its data requests."""
+        self.call("Emulation.setDeviceMetricsOverride", self.session, width=width, height=height,
+                  deviceScaleFactor=scale, mobile=False)
+        self.call("Page.navigate", self.session, url=url)
+        time.sleep(settle)
+
+    def run(self, script: str) -> None:
+        result = self.call("Runtime.evaluate", self.session, expression=script)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"script failed in the page: {result['exceptionDetails'].get('text')}")
+
+    def screenshot(self) -> bytes:
+        return base64.b64decode(self.call("Page.captureScreenshot", self.session, format="png")["data"])
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close")
+        except RuntimeError:
+            pass
+        self.proc.wait(timeout=30)
 
 
 def shrink(path: Path) -> None:
