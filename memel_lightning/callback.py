@@ -388,7 +388,8 @@ def _is_final_batch(trainer: Trainer, batch_idx: int) -> bool:
     (max_steps, or the last batch of the last epoch; an early stop cannot be foreseen)."""
     if trainer.max_steps is not None and trainer.max_steps >= 0 and trainer.global_step + 1 >= trainer.max_steps:
         return True
-    last_epoch = trainer.max_epochs is not None and trainer.max_epochs >= 0 and trainer.current_epoch + 1 >= trainer.max_epochs
+    epochs = trainer.max_epochs
+    last_epoch = epochs is not None and epochs >= 0 and trainer.current_epoch + 1 >= epochs
     return bool(last_epoch and batch_idx + 1 >= trainer.num_training_batches)
 
 

@@ -37,7 +37,8 @@ DEEP = ("(sel => { const out = []; const walk = r => { r.querySelectorAll(sel).f
 # chart's "Matches" list (its legend) opened. Images: at their actual size.
 TABS = {
     "custom_scalars": ("#custom_scalars&_smoothingWeight=0", 1100, 900, 2,
-                       DEEP + "('tf-custom-scalar-multi-line-chart-card').slice(0, 1).forEach(c => c._toggleMatchesOpen())"),
+                       DEEP + "('tf-custom-scalar-multi-line-chart-card').slice(0, 1)"
+                       ".forEach(c => c._toggleMatchesOpen())"),
     "images": ("#images", 1720, 960, 1, DEEP + "('tf-image-dashboard').forEach(d => d.set('_actualSize', true))"),
     "hparams": ("#hparams", 2300, 330, 1, ""),
 }
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
                     time.sleep(3)
                 path.write_bytes(browser.screenshot())
                 shrink(path)
-                print(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}: {path.stat().st_size // 1000} KB")
+                shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+                print(f"{shown}: {path.stat().st_size // 1000} KB")
         finally:
             if browser is not None:
                 browser.close()

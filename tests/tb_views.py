@@ -18,7 +18,8 @@ def accumulator(log_dir: str | Path) -> EventAccumulator:
         raise FileNotFoundError(f"no TensorBoard event file under {log_dir}")
     runs = {f.parent for f in files}
     assert len(runs) == 1, f"expected one run directory, got {sorted(map(str, runs))}"
-    acc = EventAccumulator(str(files[0].parent), size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
+    everything = {"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}
+    acc = EventAccumulator(str(files[0].parent), size_guidance=everything)
     acc.Reload()
     return acc
 

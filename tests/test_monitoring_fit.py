@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from memel_lightning.cli import main
@@ -34,7 +33,8 @@ def test_custom_scalars_chart_every_tap_per_metric(quickstart_run):
     lay = layout(quickstart_run)
     memel = lay["MEmeL"]
     assert list(memel) == ["mono_ratio", "selected_frac", "kill_concentration", "phi_max", "phi_mean"]
-    assert memel["mono_ratio"] == [f"^memel/{t.replace('.', chr(92) + '.')}/mono_ratio$" for t in TAPS] + ["^memel/mono_ratio$"]
+    escaped = [t.replace(".", "\\.") for t in TAPS]
+    assert memel["mono_ratio"] == [f"^memel/{t}/mono_ratio$" for t in escaped] + ["^memel/mono_ratio$"]
     scalars = set(quickstart_run.Tags()["scalars"])
     for chart in memel.values():  # every line of every chart is a logged tag
         for regex in chart:

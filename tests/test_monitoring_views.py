@@ -18,12 +18,14 @@ from memel_lightning.monitoring import (
 from memel_lightning.monitoring.phi_histogram import log10_phi
 from tb_views import accumulator, hparams, images, layout
 
-MODULES = ["labels", "layout", "history", "figure", "heatmap", "phi_histogram", "frames", "hparams", "dashboard", "lightning_board"]
+MODULES = ["labels", "layout", "history", "figure", "heatmap", "phi_histogram", "frames", "hparams", "dashboard",
+           "lightning_board"]
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
-    result = doctest.testmod(importlib.import_module(f"memel_lightning.monitoring.{name}"), optionflags=doctest.ELLIPSIS)
+    module = importlib.import_module(f"memel_lightning.monitoring.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
 
 

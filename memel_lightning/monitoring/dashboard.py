@@ -134,7 +134,9 @@ class Dashboard:
         writer.add_image(PHI_TAG, image, step, dataformats="HWC")
 
     # ------------------------------------------------------------------ end
-    def write_hparams(self, writer: Any, step: int, hparams: Mapping[str, Any], logged_tags: Iterable[str]) -> list[str]:
+    def write_hparams(
+        self, writer: Any, step: int, hparams: Mapping[str, Any], logged_tags: Iterable[str]
+    ) -> list[str]:
         """HParams: ``hparams`` with the final values of the logged metrics that matter."""
         tags = final_metric_tags(logged_tags, [self.labels[t] for t in self.taps])
         if tags:

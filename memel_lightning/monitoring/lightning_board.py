@@ -85,7 +85,9 @@ class TrainerBoard:
                 self.dashboard.write_images(writer, step)
             self.dashboard.last_image_step = step  # the same cadence with or without a writer
 
-    def phi(self, trainer: Trainer, step: int, samples: Mapping[str, Any], metrics: Mapping[str, Any], title: str) -> None:
+    def phi(
+        self, trainer: Trainer, step: int, samples: Mapping[str, Any], metrics: Mapping[str, Any], title: str
+    ) -> None:
         for writer in self.writers(trainer):
             self.dashboard.write_phi(writer, step, samples, metrics, title)
 
