@@ -1,12 +1,16 @@
 """LightningCLI entry point: ``python cli.py fit --config configs/<name>.yaml``.
 
-Besides LightningCLI's ``fit``, ``validate``, ``test`` and ``predict``, two research
+Besides LightningCLI's ``fit``, ``validate``, ``test`` and ``predict``, four research
 commands are dispatched before LightningCLI parses anything:
 
 - ``python cli.py sweep --config base.yaml --sweep configs/sweeps/<x>.yaml`` runs a
   comparison / MEmeL-Tune sweep;
 - ``python cli.py probe --ckpt_path run/checkpoints/x.ckpt`` probes a trained checkpoint's
-  neurons (:mod:`memel_lightning.analysis`).
+  neurons (:mod:`memel_lightning.analysis`);
+- ``python cli.py fkr_curve --ckpt_path CKPT`` writes the False Killing Rate against the
+  inhibition ratio per layer (:mod:`memel_lightning.analysis.fkr_curve`);
+- ``python cli.py export --ckpt_path CKPT --out DIR`` writes a causal LM as a Hugging Face
+  folder (:mod:`memel_lightning.export`).
 
 What this CLI adds to LightningCLI:
 
@@ -48,7 +52,9 @@ from .run_record import RunConfigSaver
 RESEARCH_HELP = (
     "Research commands (own options, see `<command> --help`): "
     "sweep (comparison and MEmeL-Tune sweeps: --config BASE --sweep SWEEP), "
-    "probe (neuron probes on a checkpoint: --ckpt_path CKPT [--config CONFIG])."
+    "probe (neuron probes on a checkpoint: --ckpt_path CKPT [--config CONFIG]), "
+    "fkr_curve (FKR vs inhibition ratio per layer: --ckpt_path CKPT [--labels code_languages]), "
+    "export (Hugging Face folder of a causal LM: --ckpt_path CKPT --out DIR)."
 )
 MEMEL_CALLBACK = "MEmeLCallback"
 # The MEmeL settings when the core has no typed config (older core): name -> type.
@@ -302,7 +308,21 @@ def _probe(argv: Sequence[str]) -> Any:
     return probe_main(argv, cli_main=main)
 
 
-RESEARCH_COMMANDS: dict[str, Callable[[Sequence[str]], Any]] = {"sweep": _sweep, "probe": _probe}
+def _fkr_curve(argv: Sequence[str]) -> Any:
+    from .analysis.fkr_curve import fkr_curve_main
+
+    return fkr_curve_main(argv, cli_main=main)
+
+
+def _export(argv: Sequence[str]) -> Any:
+    from .export import export_main
+
+    return export_main(argv)
+
+
+RESEARCH_COMMANDS: dict[str, Callable[[Sequence[str]], Any]] = {
+    "sweep": _sweep, "probe": _probe, "fkr_curve": _fkr_curve, "export": _export,
+}
 
 
 class _DropTips(logging.Filter):

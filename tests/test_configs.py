@@ -31,6 +31,8 @@ OVERRIDES: dict[str, list[str]] = {
     "pythia70m_l2e.yaml": [*CPU, "--model.init_args.model=tiny"],
     "pythia410m_baseline.yaml": [*CPU, "--model.init_args.model=tiny"],
     "pythia410m_l2e.yaml": [*CPU, "--model.init_args.model=tiny"],
+    "pythia2.8b_baseline.yaml": [*CPU, "--model.init_args.model=tiny"],
+    "pythia2.8b_l2e.yaml": [*CPU, "--model.init_args.model=tiny"],
     "convgru_hko7_memel.yaml": [*CPU],
     # overlays are not standalone: stacked on a base
     "overlays/memel.yaml": ["--config", str(CONFIGS / "quickstart_baseline.yaml")],

@@ -224,7 +224,7 @@ def test_fit_rte_logs_memel_tags_metric_and_writes_submission(
     metrics = t2.validate(model, dm, verbose=False)[0]
     t2.predict(model, dm, return_predictions=False)
     dev = read_glue_tsv(shared_data / "glue" / "RTE" / "dev.tsv", "rte")
-    rows = (tmp_path / "sub" / "RTE.tsv").read_text().splitlines()
+    rows = (tmp_path / "sub" / "RTE.dev.tsv").read_text().splitlines()  # dev predictions, not a submission
     assert rows[0] == "index\tprediction" and len(rows) == len(dev) + 1
     got = dict(r.split("\t") for r in rows[1:])
     assert set(got.values()) <= {"entailment", "not_entailment"}

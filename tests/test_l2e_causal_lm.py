@@ -56,7 +56,7 @@ def test_presets_have_published_shapes(name, layers, width, heads, params):
 
 
 def test_taps_resolve_on_every_layer():
-    lm = CausalLM("tiny-4l")
+    lm = CausalLM("tiny-4l", placement="all")  # the default placement (mid2): tests/test_l2e_placement.py
     taps = lm.memel_taps()
     assert taps == [f"model.gpt_neox.layers.{i}.mlp.act" for i in range(4)]
     assert resolve_taps(lm, taps) == taps

@@ -102,8 +102,9 @@ def nowcaster(tmp: Path):
     from memel_lightning.data import HKO7DataModule
     from memel_lightning.models import Nowcaster
 
-    model = Nowcaster(in_frames=3, out_frames=3, conv_channels=[4, 8, 8], hidden_channels=[4, 8, 8],
-                      conv_kernels=[5, 3, 3], conv_strides=[3, 2, 2], lr=1e-3, log_images=False)
+    model = Nowcaster(in_frames=3, out_frames=3, lr=1e-3, log_images=False,
+                      arch_kwargs=dict(conv_channels=[4, 8, 8], hidden_channels=[4, 8, 8],
+                                       conv_kernels=[5, 3, 3], conv_strides=[3, 2, 2]))
     data = HKO7DataModule(root=str(tmp / "hko"), in_frames=3, out_frames=3, frame_size=24, raw_size=96,
                           batch_size=2, eval_stride=5,
                           synthetic={"days": [2, 1, 1], "frames_per_day": 40, "size": 96, "seed": 0})

@@ -88,10 +88,13 @@ class PackedTokens(Dataset):
         (2, [0, 1, 2, 3, 4], [4, 5, 6, 7, 8])
     """
 
-    def __init__(self, tokens: np.ndarray, seq_len: int) -> None:
+    def __init__(self, tokens: np.ndarray, seq_len: int, labels: Optional[np.ndarray] = None) -> None:
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        if labels is not None and len(labels) != len(tokens):
+            raise ValueError(f"labels ({len(labels)}) and tokens ({len(tokens)}) must have the same length")
         self.tokens = tokens
+        self.labels = labels  # per-token feature labels (-1: none), returned as "feature_labels"
         self.seq_len = int(seq_len)
 
     def __len__(self) -> int:
@@ -102,7 +105,11 @@ class PackedTokens(Dataset):
             raise IndexError(f"window {i} out of range for {len(self)} windows")
         start = i * self.seq_len
         window = np.asarray(self.tokens[start : start + self.seq_len + 1], dtype=np.int64)
-        return {"input_ids": torch.from_numpy(window)}
+        item = {"input_ids": torch.from_numpy(window)}
+        if self.labels is not None:
+            labels = np.asarray(self.labels[start : start + self.seq_len + 1], dtype=np.int64)
+            item["feature_labels"] = torch.from_numpy(labels)
+        return item
 
 
 class TextDataModule(pl.LightningDataModule):
@@ -112,7 +119,13 @@ class TextDataModule(pl.LightningDataModule):
     each, or ``.jsonl`` files with the text in ``text_field``), ``dataset`` (a Hugging
     Face ``datasets`` name, streamed, needs the ``datasets`` package and network or a
     local cache; ``max_documents`` bounds it), or ``demo=True`` (documentation text
-    bundled with Python, :func:`demo_corpus`).
+    bundled with Python, :func:`demo_corpus`), or ``code_languages=True`` (files already on
+    the machine, labelled by language: Python, C, shell, prose;
+    :mod:`~memel_lightning.data.code_languages`, ``code_docs_per_language`` documents of
+    at most ``code_max_chars`` characters each). A labelled source adds
+    ``"feature_labels"`` ``(B, seq_len + 1)`` to every batch: each token's language id,
+    ``-1`` on the end-of-text tokens (``CausalLM.memel_labels`` passes them to the taps
+    for the labelled False Killing Rate).
 
     ``tokenizer`` is a local folder with a ``tokenizer.json`` (e.g. a Pythia checkpoint's)
     or the file itself; when it is ``None`` a byte-level BPE of ``vocab_size`` tokens is
@@ -142,6 +155,9 @@ class TextDataModule(pl.LightningDataModule):
         dataset_config: Optional[str] = None,
         dataset_split: str = "train",
         demo: bool = False,
+        code_languages: bool = False,
+        code_docs_per_language: int = 256,
+        code_max_chars: int = 8000,
         text_field: str = "text",
         max_documents: Optional[int] = None,
         tokenizer: Optional[str] = None,
@@ -156,9 +172,11 @@ class TextDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        sources = sum(x is not None and x is not False for x in (files, dataset, demo or None))
+        sources = sum(x is not None and x is not False for x in (files, dataset, demo or None, code_languages or None))
         if sources != 1:
-            raise ValueError("TextDataModule needs exactly one source: files=..., dataset=... or demo=True")
+            raise ValueError(
+                "TextDataModule needs exactly one source: files=..., dataset=..., demo=True or code_languages=True"
+            )
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if tokenizer is None and vocab_size < 260:
@@ -173,6 +191,7 @@ class TextDataModule(pl.LightningDataModule):
         self.train_set: Optional[PackedTokens] = None
         self.val_set: Optional[PackedTokens] = None
         self._meta: Optional[dict] = None
+        self._code_docs: Optional[list] = None
 
     # ------------------------------------------------------------------ sources
     def _paths(self) -> list[str]:
@@ -184,11 +203,33 @@ class TextDataModule(pl.LightningDataModule):
             paths.extend(hits)
         return paths
 
+    @property
+    def labelled(self) -> bool:
+        """Whether the source gives every token a feature label (``code_languages``)."""
+        return bool(self.hparams.code_languages)
+
+    def _code_documents(self) -> list:
+        from .code_languages import code_language_documents
+
+        if self._code_docs is None:
+            hp = self.hparams
+            self._code_docs = code_language_documents(
+                seed=self.seed, docs_per_language=hp.code_docs_per_language, max_chars=hp.code_max_chars
+            )
+        return self._code_docs
+
     def documents(self) -> Iterator[str]:
         """Every document of the source, in a fixed order."""
+        for doc, _ in self.labelled_documents():
+            yield doc
+
+    def labelled_documents(self) -> Iterator[tuple[str, int]]:
+        """``(document, label)`` in the order of :meth:`documents`; label -1 for unlabelled sources."""
         hp = self.hparams
-        if hp.demo:
-            docs: Iterable[str] = demo_corpus()
+        if self.labelled:
+            docs: Iterable = ((d.text, d.label) for d in self._code_documents())
+        elif hp.demo:
+            docs = demo_corpus()
         elif self.files is not None:
             docs = _read_files(self._paths(), hp.text_field)
         else:
@@ -201,8 +242,9 @@ class TextDataModule(pl.LightningDataModule):
         for i, doc in enumerate(docs):
             if hp.max_documents is not None and i >= hp.max_documents:
                 return
+            doc, label = doc if isinstance(doc, tuple) else (doc, -1)
             if doc:
-                yield doc
+                yield doc, label
 
     def _is_val(self, rng: np.random.Generator) -> bool:
         """One draw per document, in document order: the same split for the tokenizer and the files."""
@@ -218,6 +260,9 @@ class TextDataModule(pl.LightningDataModule):
         if hp.tokenizer is not None:
             tok = self._tokenizer_file(hp.tokenizer)
             parts["tokenizer"] = (str(tok), os.path.getsize(tok), os.path.getmtime(tok))
+        if hp.code_languages:  # the files found on this machine
+            parts["code_languages"] = (hp.code_docs_per_language, hp.code_max_chars,
+                                       [(d.source, len(d.text)) for d in self._code_documents()])
         if hp.demo:
             import sys
 
@@ -295,33 +340,49 @@ class TextDataModule(pl.LightningDataModule):
         docs = {"train": 0, "val": 0}
         tmp = {split: out / f"{split}.bin.tmp{os.getpid()}" for split in counts}
         handles = {split: open(tmp[split], "wb") for split in counts}
+        labelled = self.labelled
+        tmp_labels = {split: out / f"{split}.labels.bin.tmp{os.getpid()}" for split in counts}
+        label_handles = {split: open(tmp_labels[split], "wb") for split in counts} if labelled else {}
         try:
             pending: dict[str, list[str]] = {"train": [], "val": []}
+            pending_labels: dict[str, list[int]] = {"train": [], "val": []}
 
             def flush(split: str) -> None:
                 if not pending[split]:
                     return
-                for enc in tok.encode_batch(pending[split], add_special_tokens=False):
+                encoded = tok.encode_batch(pending[split], add_special_tokens=False)
+                for enc, label in zip(encoded, pending_labels[split]):
                     ids = np.asarray(enc.ids + [eos], dtype=dtype)
                     handles[split].write(ids.tobytes())
                     counts[split] += len(ids)
+                    if labelled:  # the document's label on its tokens, -1 on the end-of-text
+                        labels = np.full(len(ids), label, dtype=np.int8)
+                        labels[-1] = -1
+                        label_handles[split].write(labels.tobytes())
                 docs[split] += len(pending[split])
-                pending[split] = []
+                pending[split], pending_labels[split] = [], []
 
-            for doc in self.documents():
+            for doc, label in self.labelled_documents():
                 split = "val" if self._is_val(rng) else "train"
                 pending[split].append(doc)
+                pending_labels[split].append(label)
                 if len(pending[split]) >= 512:
                     flush(split)
             for split in pending:
                 flush(split)
         finally:
-            for h in handles.values():
+            for h in list(handles.values()) + list(label_handles.values()):
                 h.close()
         for split in counts:
             os.replace(tmp[split], out / f"{split}.bin")
+            if labelled:
+                os.replace(tmp_labels[split], out / f"{split}.labels.bin")
         meta = {"dtype": np.dtype(dtype).name, "vocab_size": vocab, "eos_id": eos, "tokens": counts,
                 "documents": docs, "hparams": {k: v for k, v in self.hparams.items()}}
+        if labelled:
+            from .code_languages import LANGUAGES
+
+            meta["feature_labels"] = list(LANGUAGES)
         tmp_meta = out / f"meta.json.tmp{os.getpid()}"
         tmp_meta.write_text(json.dumps(meta, indent=1, default=str))
         os.replace(tmp_meta, out / "meta.json")  # written last: its presence means the cache is complete
@@ -352,11 +413,25 @@ class TextDataModule(pl.LightningDataModule):
             return np.zeros(0, dtype=self.meta["dtype"])
         return np.memmap(self.cache_dir / f"{split}.bin", dtype=self.meta["dtype"], mode="r", shape=(n,))
 
+    @property
+    def feature_label_names(self) -> Optional[list[str]]:
+        """Names of the feature labels of a labelled source (index = label id), else None."""
+        return self.meta.get("feature_labels")
+
+    def feature_labels(self, split: str) -> Optional[np.ndarray]:
+        """The per-token feature labels of ``split`` (int8 memmap; -1: none), or None if unlabelled."""
+        if not self.feature_label_names:
+            return None
+        n = self.meta["tokens"][split]
+        if n == 0:
+            return np.zeros(0, dtype=np.int8)
+        return np.memmap(self.cache_dir / f"{split}.labels.bin", dtype=np.int8, mode="r", shape=(n,))
+
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
             return
-        self.train_set = PackedTokens(self.tokens("train"), self.seq_len)
-        self.val_set = PackedTokens(self.tokens("val"), self.seq_len)
+        self.train_set = PackedTokens(self.tokens("train"), self.seq_len, self.feature_labels("train"))
+        self.val_set = PackedTokens(self.tokens("val"), self.seq_len, self.feature_labels("val"))
         if len(self.train_set) == 0:
             raise ValueError(
                 f"the training split has {self.meta['tokens']['train']} tokens: fewer than one window of "

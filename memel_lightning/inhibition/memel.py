@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import MEmeLConfig, MEmeLConfigError
+from .feature_fkr import FeatureFKR, LabelledFKRMetrics, labels_to_rows
 from .layout import TapLayout
 from .metrics import INHIBITION, MetricGroup, StepAccumulator, TapCall, reduce_across_ranks
 from .metrics import compute as compute_metrics
@@ -38,8 +39,14 @@ class MEmeL(nn.Module):
     Settings: :class:`MEmeLConfig` (``config``, overridden by keyword ``options``).
     ``mask`` (bool or 0/1, shape a prefix of ``z.shape`` such as ``(B, L)``) marks valid
     positions: masked values never enter the statistics and are never selected.
-    ``labels`` (one per batch item) are for the labelled False Killing Rate; they are
-    accepted and not used yet.
+    ``labels`` (integer feature labels over a prefix of ``z``'s axes like ``mask``, e.g.
+    ``(B,)`` or ``(B, L)``; negative = unlabelled) give the labelled False Killing Rate
+    of L2E (Eq. 3-4; docs/method.md §6.4, :mod:`~.feature_fkr`): in training every call
+    with labels merges its phi into per-label statistics of each neuron (decayed like
+    the moments) that name the neuron's feature ``l*``, and the step's metrics gain
+    ``fkr`` (the share of the step's labelled kills whose label is not their neuron's
+    ``l*``, judged before merging the step) with its counts ``false_kills`` and
+    ``labelled_kills``; without labels there is no ``fkr``.
 
     **Step lifecycle.** A training step (one batch) is ``begin_step()``, any number of
     calls (a recurrent tap is called once per time step), ``end_step()``. ``late_start``
@@ -97,9 +104,11 @@ class MEmeL(nn.Module):
             cfg.strategy, delta=cfg.delta, reg_lambda=cfg.reg_lambda
         )
         self.variable_shape = variable
+        # labelled False Killing Rate (L2E Eq. 3-4, docs/method.md §6.4): per-label phi mass and
+        # count of every neuron, decayed like the moments; used only when labels are given
+        self.feature_fkr = FeatureFKR(cfg.forget_steps, sync_dist=sync_dist, name=name)
         self.sync_dist = sync_dist
-        # Extension point: the labelled FKR (issue 11) appends its group here.
-        self.metric_groups: list[MetricGroup] = [INHIBITION]
+        self.metric_groups: list[MetricGroup] = [INHIBITION, LabelledFKRMetrics(self.feature_fkr)]
         # Plain Python state (saved through get_extra_state) so that no step needs a
         # device sync: training batches seen, and the per-sample shape of the output.
         self.step = 0
@@ -133,6 +142,7 @@ class MEmeL(nn.Module):
     def sync_dist(self, value: bool) -> None:
         self.moments.sync_dist = bool(value)
         self.selector.sync_dist = bool(value)
+        self.feature_fkr.sync_dist = bool(value)
 
     @property
     def inhibiting(self) -> bool:
@@ -283,8 +293,14 @@ class MEmeL(nn.Module):
         selected = self.selector(phi, scored_mask, update=training)
         stats = TapStatistics(mu, denom, loss_scale=self._loss_scale if training else 1.0)
         out2 = self.strategy(z2, selected, stats) if inhibit else z2  # docs/method.md §4-§5
+        rows = None
+        if training and labels is not None:  # per sample row (N,), or per value (N, F)
+            rows = labels_to_rows(labels, z, self.layout.reduce_dims, self.name)
         if training and self._in_step:
-            self._record(z2, phi, selected if inhibit else None, scored_mask, labels, stats)
+            self._record(z2, phi, selected if inhibit else None, scored_mask, rows, stats)
+        if rows is not None:
+            # after the step's kills were judged (out of sample): merge into l*'s statistics
+            self.feature_fkr.update(phi, rows, scored_mask)
         return z if out2 is z2 else self.layout.restore(out2, z)
 
     # ------------------------------------------------------------------ metrics
@@ -299,11 +315,7 @@ class MEmeL(nn.Module):
             penalty = None
             if selected is not None and isinstance(self.strategy, Regularize):
                 penalty = self.strategy.penalty(z2, selected, stats)
-            rows_labels = None
-            if labels is not None:  # one label per batch item -> one per sample row
-                per_item = z2.shape[0] // max(labels.shape[0], 1)
-                rows_labels = labels.repeat_interleave(per_item) if per_item > 1 else labels
-            call = TapCall(phi, selected, mask, rows_labels, penalty)
+            call = TapCall(phi, selected, mask, labels, penalty)
             for group in self.metric_groups:
                 group.update(self._acc, call)
         if self._histogram is not None:

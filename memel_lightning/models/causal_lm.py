@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .hf_loading import from_pretrained_quietly
 from .optim import adamw, lazy_lambda_lr, warmup_decay, warmup_steps
-from .taps import gpt_neox_mlp_taps
+from .taps import gpt_neox_mlp_taps, middle_blocks
 
 # Published Pythia shapes (Biderman et al. 2023, Table 1 / the EleutherAI configs):
 # layers, model width, heads, and the maximum learning rate of the Pythia recipe.
@@ -46,6 +46,38 @@ PYTHIA_COMMON: dict[str, Any] = dict(
     bos_token_id=0,
     eos_token_id=0,
 )
+
+
+# Where the taps go (L2E's layer ablation, Table 5; docs/l2e.md). The paper names the
+# settings "Mid-2" (its preferred one), "Mid-1/3" and "Top-Bot"; the layers of the last
+# two are our reading (the text available to us does not list them).
+PLACEMENTS = ("mid2", "mid_third", "top_bottom", "all")
+# L2E's best inhibition ratio per model size (docs/l2e.md): 70M 1 %, 410M 2 %, 2.8B 3 %.
+TARGET_RATIOS: dict[str, float] = {"pythia-70m": 0.01, "pythia-410m": 0.02, "pythia-2.8b": 0.03}
+DEFAULT_TARGET_RATIO = 0.02
+
+
+def placement_layers(placement: str, num_layers: int) -> list[int]:
+    """The layer indices a placement preset taps in a stack of ``num_layers``.
+
+    ``mid2``: the two middle layers; ``mid_third``: the middle third (``round(n / 3)``
+    layers, at least one); ``top_bottom``: the first and the last layer; ``all``: every layer.
+
+    Example:
+        >>> placement_layers("mid2", 6), placement_layers("mid2", 32), placement_layers("mid_third", 12)
+        ([2, 3], [15, 16], [4, 5, 6, 7])
+        >>> placement_layers("top_bottom", 24), placement_layers("all", 3)
+        ([0, 23], [0, 1, 2])
+    """
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {list(PLACEMENTS)}, got {placement!r}")
+    if placement == "mid2":
+        return middle_blocks(num_layers, 2)
+    if placement == "mid_third":
+        return middle_blocks(num_layers, max(1, round(num_layers / 3)))
+    if placement == "top_bottom":
+        return sorted({0, num_layers - 1})
+    return list(range(num_layers))
 
 
 def gpt_neox_config(name: str, **overrides: Any):
@@ -87,10 +119,17 @@ class CausalLM(pl.LightningModule):
     ``min_lr_ratio * lr``; ``lr`` defaults to the preset's Pythia value. The schedule length
     is ``max_steps`` or the trainer's estimate (taken at the first optimiser step).
 
-    :meth:`memel_taps` returns every layer's MLP activation
-    (``model.gpt_neox.layers.<i>.mlp.act``, output ``(B, L, 4d)``): the neurons L2E
-    inhibits; use ``reduce_dims: [0]`` so every token is a sample and every MLP unit a
-    neuron.
+    :meth:`memel_taps` returns the MLP activations (``model.gpt_neox.layers.<i>.mlp.act``,
+    output ``(B, L, 4d)``: the neurons L2E inhibits) of the layers of ``placement``
+    (:func:`placement_layers`: ``mid2``, the two middle layers, by default as in the
+    paper; ``mid_third``, ``top_bottom``, ``all``); use ``reduce_dims: [0]`` so every token
+    is a sample and every MLP unit a neuron. :attr:`memel_target_ratio` is the paper's best
+    inhibition ratio for the preset's size (70M 1 %, 410M 2 %, 2.8B 3 %; else 2 %), the
+    value the configs give ``memel.target_ratio``. When the batches carry
+    ``"feature_labels"`` (``TextDataModule(code_languages=True)``), :meth:`memel_labels`
+    passes each input token's label to the taps for the labelled False Killing Rate.
+    Under Lightning's ``ModelParallelStrategy`` :meth:`configure_model` shards every layer
+    with FSDP2 (:mod:`memel_lightning.sharding`).
 
     Example:
         >>> lm = CausalLM("tiny")
@@ -114,9 +153,12 @@ class CausalLM(pl.LightningModule):
         max_steps: Optional[int] = None,
         gradient_checkpointing: bool = False,
         attn_implementation: str = "sdpa",
+        placement: str = "mid2",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {list(PLACEMENTS)}, got {placement!r}")
         from transformers import GPTNeoXForCausalLM
 
         overrides = dict(config_overrides or {})
@@ -150,7 +192,24 @@ class CausalLM(pl.LightningModule):
         return self.model.config.vocab_size
 
     def memel_taps(self) -> list[str]:
-        return gpt_neox_mlp_taps(self.num_layers)
+        """The MLP activations of the layers of ``placement``."""
+        taps = gpt_neox_mlp_taps(self.num_layers)
+        return [taps[i] for i in placement_layers(self.hparams.placement, self.num_layers)]
+
+    @property
+    def memel_target_ratio(self) -> float:
+        """L2E's best inhibition ratio for this preset's size (docs/l2e.md)."""
+        return TARGET_RATIOS.get(str(self.hparams.model), DEFAULT_TARGET_RATIO)
+
+    def memel_labels(self, batch: Mapping[str, Tensor]) -> Optional[Tensor]:
+        """The feature label of every input token ``(B, L)`` when the batch has them."""
+        labels = batch.get("feature_labels") if isinstance(batch, Mapping) else None
+        return None if labels is None else labels[:, :-1]
+
+    def configure_model(self) -> None:
+        from ..sharding import shard_for_strategy
+
+        shard_for_strategy(self, self.model, self.model.gpt_neox.layers)
 
     # ------------------------------------------------------------------ steps
     def setup(self, stage: str) -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from typing import Optional, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -53,6 +53,10 @@ class DigitsClassifier(pl.LightningModule):
         for block in self.hidden:
             h = block(h)
         return self.head(h)
+
+    def memel_labels(self, batch: tuple[Tensor, Tensor]) -> Optional[Tensor]:
+        """Feature labels for the labelled False Killing Rate: the digit of each image."""
+        return batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch

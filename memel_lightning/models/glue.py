@@ -183,6 +183,16 @@ class GlueClassifier(pl.LightningModule):
         statistics and the selection."""
         return batch.get("attention_mask") if self.hparams.mask_padding else None
 
+    def memel_labels(self, batch: dict[str, Tensor]) -> Optional[Tensor]:
+        """Feature labels for the labelled False Killing Rate: each sequence's class; for
+        STS-B (a similarity score in [0, 5]) the score's unit bin, 0-4 (5.0 joins bin 4)."""
+        labels = batch.get("labels")
+        if labels is None:
+            return None
+        if self.spec.is_regression:
+            return labels.float().floor().clamp(0, 4).long()
+        return labels
+
     # ------------------------------------------------------------------ steps
     def forward(
         self,

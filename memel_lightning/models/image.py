@@ -239,6 +239,11 @@ class ImageClassifier(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
+    def memel_labels(self, batch: tuple[Tensor, Tensor]) -> Optional[Tensor]:
+        """Feature labels for the labelled False Killing Rate: each image's class (under
+        mixup/cutmix, the class of the image the mix starts from)."""
+        return batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         if self.mixup is not None:

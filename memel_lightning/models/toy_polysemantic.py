@@ -110,6 +110,11 @@ class PolysemanticToy(pl.LightningModule):
         self.log("train_recon_loss", recon)
         return loss
 
+    def memel_labels(self, batch: tuple[Tensor, Tensor]) -> Optional[Tensor]:
+        """Feature labels for the labelled FKR: each sample's dominant feature
+        (``n_features`` when no feature is active)."""
+        return batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+
     def memel_step_end(self, metrics: dict[str, Tensor]) -> None:
         """Called by MEmeLCallback after a recorded step: log the true kill rates of the
         step's kills (``encoder/kills_per_neuron``) next to the callback's metrics."""
