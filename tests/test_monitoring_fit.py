@@ -19,20 +19,23 @@ def quickstart_run(tmp_path_factory):
     """``python cli.py fit --config configs/quickstart.yaml``, cut to 12 training and 2
     validation batches of 16 images (late_start=10: batches 10 and 11 are inhibited)."""
     out = tmp_path_factory.mktemp("quickstart")
-    main(args=[
+    cli = main(args=[
         "fit", "--config", str(REPO / "configs" / "quickstart.yaml"),
         "--trainer.max_epochs=1", "--trainer.limit_train_batches=12", "--trainer.limit_val_batches=2",
         "--data.init_args.batch_size=16",
         f"--trainer.logger.init_args.save_dir={out}", f"--trainer.default_root_dir={out}",
         "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu", "--trainer.enable_checkpointing=false",
     ])
-    return accumulator(out)
+    events = accumulator(out)
+    events.progress_bar = {k: float(v) for k, v in cli.trainer.progress_bar_metrics.items()}
+    return events
 
 
 def test_custom_scalars_chart_every_tap_per_metric(quickstart_run):
     lay = layout(quickstart_run)
     memel = lay["MEmeL"]
-    assert list(memel) == ["mono_ratio", "selected_frac", "kill_concentration", "phi_max", "phi_mean"]
+    # fkr: ImageClassifier gives labels (memel_labels); no reg_loss without the regulariser
+    assert list(memel) == ["mono_ratio", "selected_frac", "fkr", "kill_concentration", "phi_max", "phi_mean"]
     escaped = [t.replace(".", "\\.") for t in TAPS]
     assert memel["mono_ratio"] == [f"^memel/{t}/mono_ratio$" for t in escaped] + ["^memel/mono_ratio$"]
     scalars = set(quickstart_run.Tags()["scalars"])
@@ -50,6 +53,14 @@ def test_scalars_on_the_trainers_steps(quickstart_run):
     assert mono == [4, 9, 11]  # the same steps, and the last batch (the run's final values)
     frac = {e.step: e.value for e in quickstart_run.Scalars("memel/blocks.0/selected_frac")}
     assert frac[4] == 0.0 and frac[9] == 0.0 and frac[11] > 0.0  # inhibition from batch 10
+
+
+def test_progress_bar_shows_overall_mono_ratio_and_fkr(quickstart_run):
+    bar = quickstart_run.progress_bar
+    last = {tag: quickstart_run.Scalars(tag)[-1].value for tag in ("memel/mono_ratio", "memel/fkr")}
+    assert bar["memel/mono_ratio"] == pytest.approx(last["memel/mono_ratio"], rel=1e-6)
+    assert bar["memel/fkr"] == pytest.approx(last["memel/fkr"], rel=1e-6)  # labelled (class labels)
+    assert not any(k.startswith("memel/blocks") for k in bar)  # per-tap values stay off the bar
 
 
 def test_heatmap_image(quickstart_run):
@@ -77,7 +88,7 @@ def test_hparams_settings_and_final_metrics(quickstart_run):
         "memel/selector": "topk", "memel/k": 1.0, "memel/target_ratio": 0.02, "memel/strategy": "reverse",
         "memel/delta": 1.0, "memel/late_start": 10.0, "memel/taps": ",".join(TAPS),
     }
-    assert metrics == ["val_acc", "val_acc_top5", "val_loss", "memel/mono_ratio"] + [
+    assert metrics == ["val_acc", "val_acc_top5", "val_loss", "memel/mono_ratio", "memel/fkr"] + [
         f"memel/{t}/mono_ratio" for t in TAPS] + ["memel/kill_concentration"]
     scalars = set(quickstart_run.Tags()["scalars"])
     assert set(metrics) <= scalars  # HParams shows each one's last value
