@@ -6,16 +6,17 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from .inhibition import MEmeL, MEmeLConfig, MEmeLConfigError, TapSet, attach
 from .inhibition import TapNotFoundError, resolve_taps  # noqa: F401  (re-exported: older imports)
 from .inhibition.memel import PHI_SAMPLE
-from .inhibition.metrics import METRICS
+from .inhibition.metrics import FKR, METRICS, REG_LOSS
+from .monitoring import MEMEL_CHARTS, TrainerBoard, short_labels
 
 STATE_VERSION = 2
+PROGRESS_BAR = ("memel/mono_ratio", "memel/fkr")  # overall ratio; the labelled FKR when there is one
 
 
 def default_taps(pl_module: nn.Module) -> list[str]:
@@ -62,23 +63,33 @@ class MEmeLCallback(Callback):
     After a recorded step it calls ``memel_step_end(metrics)`` if the module defines it,
     with the step's ``{"<tap>/<key>": tensor}`` (e.g. ``"encoder/kills_per_neuron"``).
 
-    Every ``log_every_n_steps`` training batches (default: the trainer's
-    ``log_every_n_steps``; the first batch is logged) it logs the metrics of
-    docs/method.md §6 as ``memel/<tap>/<metric>`` plus ``memel/mono_ratio`` and
-    ``memel/kill_concentration`` over all taps, to the trainer's loggers (rank zero, at
-    ``trainer.global_step``) and into ``trainer.callback_metrics`` (so
-    ``ModelCheckpoint(monitor="memel/mono_ratio")`` works), and a histogram of phi every
-    ``hist_every_n_steps`` (TensorBoard). With ``sync_stats`` the batch moments are
-    all-reduced across DDP ranks and the logged metrics are those of the global batch
-    (one collective per logged step). The statistics are saved in the checkpoint and
-    restored on resume. Hooks are removed at teardown.
+    On the trainer's logging steps (the batches and step numbers at which Lightning logs
+    ``train_loss``; every ``log_every_n_steps`` batches on the same axis when that is set)
+    and at the last training batch of fit, it logs the metrics of docs/method.md §6 as
+    ``memel/<label>/<metric>`` (``label``: the tap's short name, :attr:`labels`) plus
+    ``memel/mono_ratio`` and ``memel/kill_concentration`` over all taps, to the trainer's
+    loggers (rank zero) and into ``trainer.callback_metrics`` (so
+    ``ModelCheckpoint(monitor="memel/mono_ratio")`` works); the progress bar shows
+    ``memel/mono_ratio`` (and ``memel/fkr`` when labelled). TensorBoard loggers also get
+    the dashboard of docs/monitoring.md: a Custom Scalars layout, a layer x step
+    ``mono_ratio`` heatmap, ``log10(phi)`` histograms with the ``tau_report`` line (at
+    the first inhibited batch, every ``hist_every_n_steps`` and at the last batch) and
+    HParams with the MEmeL settings and final metrics (Lightning's ``hp_metric``
+    placeholder is turned off). With ``sync_stats`` the batch moments are all-reduced
+    across DDP ranks and the logged metrics are those of the global batch (one
+    collective per logged step). The statistics are saved in the checkpoint and restored
+    on resume. Hooks are removed at teardown.
 
     Args:
         taps: glob patterns over the module names, or ``default`` (the module's ``memel_taps()``).
         memel: the settings of every tap (:class:`~memel_lightning.inhibition.MEmeLConfig`).
         log_every_n_steps: training batches between logged steps; default: the trainer's.
-        hist_every_n_steps: training batches between phi histograms (TensorBoard).
+        hist_every_n_steps: training batches between log10(phi) histograms (TensorBoard).
         sync_stats: all-reduce statistics and metric states across data-parallel ranks.
+        tap_labels: tap name -> label in the logged tags; default: the names without the
+            parts all taps share (``model.layers.2.blocks.0`` -> ``blocks.0``).
+        image_every_n_steps: steps between mono_ratio heatmap images (TensorBoard).
+        kills_tap: a tap (name or label) whose neuron x step kill map is drawn too.
 
     Example (YAML for LightningCLI)::
 
@@ -97,12 +108,25 @@ class MEmeLCallback(Callback):
         log_every_n_steps: Optional[int] = None,
         hist_every_n_steps: int = 500,
         sync_stats: bool = True,
+        tap_labels: Optional[Mapping[str, str]] = None,
+        image_every_n_steps: int = 200,
+        kills_tap: Optional[str] = None,
     ) -> None:
         super().__init__()
         if log_every_n_steps is not None and log_every_n_steps < 1:
             raise ValueError(f"log_every_n_steps must be >= 1 (or None: the trainer's), got {log_every_n_steps}")
         if hist_every_n_steps < 1:
             raise ValueError(f"hist_every_n_steps must be >= 1, got {hist_every_n_steps}")
+        if image_every_n_steps < 1:
+            raise ValueError(f"image_every_n_steps must be >= 1, got {image_every_n_steps}")
+        self.tap_labels = dict(tap_labels or {})
+        self.image_every_n_steps = int(image_every_n_steps)
+        self.kills_tap = kills_tap
+        self.labels: dict[str, str] = {}  # tap -> label in the logged tags (set at setup)
+        self.board: Optional[TrainerBoard] = None
+        self._histogram = False
+        self._first_inhibited = False
+        self._final_batch = False
         self.taps = taps if isinstance(taps, str) else list(taps)
         self.memel = as_config(memel)
         self._log_every = log_every_n_steps
@@ -148,6 +172,12 @@ class MEmeLCallback(Callback):
             raise ValueError(f"taps changed between runs: {self.tap_names} -> {tapset.names}")
         self.tap_names = tapset.names
         self._tapset = tapset
+        self.labels = short_labels(self.tap_names, self.tap_labels)
+        if self.board is None or self.board.dashboard.labels != self.labels:
+            self.board = TrainerBoard(self.labels, self.memel, self.memel.tau_report, self.image_every_n_steps,
+                                      self.kills_tap)
+        if trainer is not None:
+            self.board.setup(trainer)
         self.memels.to(pl_module.device)
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
@@ -183,12 +213,19 @@ class MEmeLCallback(Callback):
             labels=get_labels(batch) if callable(get_labels) else None,
         )
 
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.board.start(trainer, self._charts(pl_module))
+
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._set_inputs(pl_module, batch)
-        step = self._train_batches
-        self._record = step % self.log_every_n_steps == 0
-        histogram = step % self.hist_every_n_steps == 0
-        self._tapset.begin_step(record=self._record, histogram=histogram, loss_scale=_loss_scale(trainer))
+        step = log_step(trainer)
+        self._record = (step + 1) % self.log_every_n_steps == 0  # Lightning's own rule: the same steps
+        self._final_batch = _is_final_batch(trainer, batch_idx)
+        # phi at the first inhibited batch, every hist_every_n_steps and at the last batch
+        self._first_inhibited = any(m.step == self.memel.late_start for m in self.memels.values())
+        self._histogram = (step + 1) % self.hist_every_n_steps == 0 or self._first_inhibited or self._final_batch
+        self._tapset.begin_step(record=self._record or self._final_batch, histogram=self._histogram,
+                                loss_scale=_loss_scale(trainer))
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -198,13 +235,23 @@ class MEmeLCallback(Callback):
         self._tapset.set_inputs()
         if not result:
             return
-        self._warn_skipped()
         if self._record:
-            self._log_scalars(trainer, pl_module, result)
+            self._warn_skipped()  # on the logging cadence only (reported with the scalars)
+        step = log_step(trainer)
+        if self._record or self._final_batch:
+            logged = self._log_scalars(trainer, pl_module, result, step)
+            self.board.step(trainer, step, result, logged)
             hook = getattr(pl_module, "memel_step_end", None)
             if callable(hook):
                 hook(result)
-        self._log_histograms(trainer, result)
+        if self._histogram:
+            self._log_phi(trainer, result, step)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.board.after_validation(trainer)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.board.finish(trainer)
 
     def _eval_batch_start(self, pl_module: LightningModule, batch: Any) -> None:
         self._set_inputs(pl_module, batch)
@@ -219,39 +266,48 @@ class MEmeLCallback(Callback):
         self._eval_batch_start(pl_module, batch)
 
     # ------------------------------------------------------------------ logging
-    @staticmethod
-    def scalars(result: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """The logged scalars of a ``TapSet.end_step`` result, as ``memel/<name>``."""
+    def scalars(self, result: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The logged scalars of a ``TapSet.end_step`` result: ``memel/<label>/<metric>``
+        per tap (``label``: :attr:`labels`) and the aggregates ``memel/<metric>``."""
         out: dict[str, Tensor] = {}
         for key, value in result.items():
-            metric = key.rsplit("/", 1)[-1]
+            tap, _, metric = key.rpartition("/")
             if metric in METRICS:
-                out[f"memel/{key}"] = value
+                out[f"memel/{self.labels[tap]}/{metric}" if tap else f"memel/{metric}"] = value
         return out
 
-    def _log_scalars(self, trainer: Trainer, pl_module: LightningModule, result: Mapping[str, Tensor]) -> None:
+    def _charts(self, pl_module: LightningModule) -> list[str]:
+        """The Custom Scalars charts this run can fill: fkr needs labels, reg_loss the regulariser."""
+        skip = set()
+        if not callable(getattr(pl_module, "memel_labels", None)):
+            skip.add(FKR)
+        if self.memel.strategy != "regularize":
+            skip.add(REG_LOSS)
+        return [m for m in MEMEL_CHARTS if m not in skip]
+
+    def _log_scalars(
+        self, trainer: Trainer, pl_module: LightningModule, result: Mapping[str, Tensor], step: int
+    ) -> list[str]:
+        """Log the step's scalars at ``step``; their tags."""
         scalars = self.scalars(result)
         if not scalars:
-            return
+            return []
         values = {k: float(v) for k, v in scalars.items()}  # one host sync per logged step
         for name, value in values.items():
-            # logger=False: the trainer's loggers get the values below, at this step;
+            # logger=False: the loggers get the values below, at Lightning's step for this batch;
             # self.log puts them in trainer.callback_metrics (ModelCheckpoint, EarlyStopping)
-            pl_module.log(name, value, on_step=True, on_epoch=False, logger=False, batch_size=1)
+            # and the overall mono_ratio (fkr when labelled) on the progress bar
+            pl_module.log(name, value, on_step=True, on_epoch=False, logger=False, batch_size=1,
+                          prog_bar=name in PROGRESS_BAR)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
-                logger.log_metrics(values, step=trainer.global_step)
+                logger.log_metrics(values, step=step)
+        return list(values)
 
-    def _log_histograms(self, trainer: Trainer, result: Mapping[str, Tensor]) -> None:
-        if not trainer.is_global_zero:
-            return
-        for logger in trainer.loggers:
-            if not isinstance(logger, TensorBoardLogger):
-                continue
-            for name in self.tap_names:
-                sample = result.get(f"{name}/{PHI_SAMPLE}")
-                if sample is not None and sample.numel() > 0:
-                    logger.experiment.add_histogram(f"memel/{name}/phi", sample.float().cpu(), trainer.global_step)
+    def _log_phi(self, trainer: Trainer, result: Mapping[str, Tensor], step: int) -> None:
+        samples = {tap: result.get(f"{tap}/{PHI_SAMPLE}") for tap in self.tap_names}
+        when = " (start of inhibition)" if self._first_inhibited else " (end of training)" if self._final_batch else ""
+        self.board.phi(trainer, step, samples, result, f"step {step}{when}")
 
     def _warn_skipped(self) -> None:
         for name in self.tap_names:
@@ -317,6 +373,24 @@ def _loss_scale(trainer: Trainer) -> Union[float, Tensor]:
         amp = getattr(scaler, "_scale", None)  # None until the scaler's first use
         scale = scale * (amp if amp is not None else scaler.get_scale())
     return scale
+
+
+def log_step(trainer: Trainer) -> int:
+    """The step at which Lightning logs the current training batch's metrics (its
+    optimizer steps before this batch: ``train_loss`` is drawn there) and so does
+    MEmeLCallback. In ``on_train_batch_end`` it is ``trainer.global_step - 1`` for a
+    plain optimizer step; it differs with gradient accumulation or skipped steps."""
+    return int(trainer.fit_loop.epoch_loop._batches_that_stepped)  # Lightning's own counter
+
+
+def _is_final_batch(trainer: Trainer, batch_idx: int) -> bool:
+    """Whether this is the last training batch of fit, as far as the limits tell
+    (max_steps, or the last batch of the last epoch; an early stop cannot be foreseen)."""
+    if trainer.max_steps is not None and trainer.max_steps >= 0 and trainer.global_step + 1 >= trainer.max_steps:
+        return True
+    epochs = trainer.max_epochs
+    last_epoch = epochs is not None and epochs >= 0 and trainer.current_epoch + 1 >= epochs
+    return bool(last_epoch and batch_idx + 1 >= trainer.num_training_batches)
 
 
 def _refuse_recomputation(pl_module: nn.Module) -> None:

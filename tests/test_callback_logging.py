@@ -2,6 +2,7 @@
 direct float64 recomputation from the raw tap outputs (docs/method.md §3, §4, §6)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -32,24 +33,27 @@ def test_first_run_writes_memel_tags(tmp_path):
     for tap in ("hidden.0", "hidden.1"):
         for metric in METRICS:
             assert f"memel/{tap}/{metric}" in tags
-        assert f"memel/{tap}/phi" in events.Tags()["histograms"]
+        assert f"memel/{tap}/log10_phi" in events.Tags()["histograms"]
     assert {"memel/mono_ratio", "memel/kill_concentration", "train_loss", "val_loss", "val_acc"} <= tags
     # the labelled FKR: DigitsClassifier.memel_labels gives each image's digit (tests/test_l2e_memel_fkr.py)
     assert {"memel/fkr", "memel/hidden.0/fkr"} <= tags
 
-    # 1437 training images / batch 32 = 44 steps, logged every 5 batches (global steps 1, 6, ...)
+    # 1437 training images / batch 32 = 44 steps (0-43), logged on Lightning's steps
+    # (every 5 batches: 4, 9, ..., 39, as train_loss) and at the last batch
     frac = {e.step: e.value for e in events.Scalars("memel/hidden.0/selected_frac")}
-    assert sorted(frac) == list(range(1, 45, 5))
+    assert sorted(frac) == list(range(4, 44, 5)) + [43]
+    assert [e.step for e in events.Scalars("train_loss")] == list(range(4, 44, 5))
     for step, value in frac.items():
-        # late_start=10: batches 0-9 only feed the statistics; from batch 10 (global
-        # step 11) top-1 of 128 neurons selects one value per sample: 1/128 (no ties)
-        expected = 0.0 if step <= 10 else 1.0 / 128
+        # late_start=10: batches 0-9 only feed the statistics; from batch 10 top-1 of
+        # 128 neurons selects one value per sample: 1/128 (no ties)
+        expected = 0.0 if step < 10 else 1.0 / 128
         assert value == pytest.approx(expected, abs=1e-7), step
     phi_max = [e.value for e in events.Scalars("memel/hidden.1/phi_max")]
     phi_mean = [e.value for e in events.Scalars("memel/hidden.1/phi_mean")]
     assert all(mx >= mn >= 0 for mx, mn in zip(phi_max, phi_mean))
-    hist = events.Histograms("memel/hidden.0/phi")
-    assert [h.step for h in hist] == [1] and hist[0].histogram_value.num == 32 * 128
+    # log10(phi) at the first inhibited batch and the last one (hist_every_n_steps=50)
+    hist = events.Histograms("memel/hidden.0/log10_phi")
+    assert [h.step for h in hist] == [10, 43] and hist[0].histogram_value.num == 32 * 128
 
 
 class Recompute(pl.Callback):
@@ -62,8 +66,7 @@ class Recompute(pl.Callback):
         self.expected: dict[int, dict[str, float]] = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = self.memel_cb._train_batches - 1
-        if step % self.memel_cb.log_every_n_steps:
+        if not (self.memel_cb._record or self.memel_cb._final_batch or self.memel_cb._histogram):
             return
         totals = [0.0, 0.0, 0.0, 0.0]  # mono neurons, neurons, false kills, kills
         out = {}
@@ -94,7 +97,8 @@ class Recompute(pl.Callback):
                 totals[i] += value
         out["memel/mono_ratio"] = totals[0] / totals[1]
         out["memel/kill_concentration"] = totals[2] / max(totals[3], 1.0)
-        self.expected[trainer.global_step] = out
+        # the step Lightning logs this batch at (before its increment, after this hook)
+        self.expected[trainer.fit_loop.epoch_loop._batches_that_stepped] = out
 
 
 def test_logged_values_equal_direct_recomputation(tmp_path):
@@ -116,12 +120,14 @@ def test_logged_values_equal_direct_recomputation(tmp_path):
     )
     trainer.fit(model, DigitsDataModule(batch_size=32))
     events = read_events(tmp_path)
-    assert sorted(rec.expected) == [1, 3, 5, 7, 9]
+    # recorded: Lightning's logging steps (s + 1) % 2 == 0, histograms at (s + 1) % 4 == 0,
+    # the first inhibited batch (late_start=3) and the last batch (max_steps=9: batch 8)
+    assert sorted(rec.expected) == [1, 3, 5, 7, 8]
     checked_concentration = False
     # (the labelled FKR, logged from the late start on, is checked in tests/test_l2e_memel_fkr.py)
     for tag in [t for t in events.Tags()["scalars"] if t.startswith("memel/") and not t.endswith("fkr")]:
         logged = {e.step: e.value for e in events.Scalars(tag)}
-        assert sorted(logged) == sorted(rec.expected), tag
+        assert sorted(logged) == [1, 3, 5, 7, 8], tag
         for step, value in logged.items():
             assert value == pytest.approx(rec.expected[step][tag], rel=1e-4, abs=1e-6), (tag, step)
             checked_concentration |= tag.endswith("kill_concentration") and value > 0
@@ -131,12 +137,15 @@ def test_logged_values_equal_direct_recomputation(tmp_path):
     for tag in ("memel/mono_ratio", "memel/hidden.0/phi_mean"):
         assert float(trainer.callback_metrics[tag]) == pytest.approx(rec.expected[last][tag], rel=1e-4)
     assert any(rec.expected[s]["memel/mono_ratio"] not in (0.0, 1.0) for s in rec.expected)
+    # the progress bar shows the overall mono_ratio (no labels here: no fkr), not the per-tap ones
+    assert float(trainer.progress_bar_metrics["memel/mono_ratio"]) == pytest.approx(rec.expected[last]["memel/mono_ratio"])
+    assert not any(k.startswith("memel/hidden") for k in trainer.progress_bar_metrics)
     for tap in taps:
-        hist = events.Histograms(f"memel/{tap}/phi")
-        assert [h.step for h in hist] == [1, 5, 9]
+        hist = events.Histograms(f"memel/{tap}/log10_phi")
+        assert [h.step for h in hist] == [3, 7, 8]
         for h in hist:
             exp = rec.expected[h.step]
             assert h.histogram_value.num == 32 * model.get_submodule(tap)[0].out_features
-            assert h.histogram_value.max == pytest.approx(exp[f"memel/{tap}/phi_max"], rel=1e-4)
-            assert h.histogram_value.min == pytest.approx(exp[f"memel/{tap}/phi_min"], rel=1e-4, abs=1e-6)
-            assert h.histogram_value.sum == pytest.approx(exp[f"memel/{tap}/phi_sum"], rel=1e-4)
+            assert h.histogram_value.max == pytest.approx(math.log10(exp[f"memel/{tap}/phi_max"]), abs=1e-4)
+            low = math.log10(max(exp[f"memel/{tap}/phi_min"], 1e-6))  # floored at 1e-6
+            assert h.histogram_value.min == pytest.approx(low, abs=1e-4)

@@ -9,6 +9,7 @@ from torch import nn
 
 from memel_lightning import MEmeLCallback
 from memel_lightning.analysis.ground_truth import feature_response, neuron_truth, true_kill_rates
+from memel_lightning.callback import log_step
 from memel_lightning.data import PolysemanticDataModule
 from memel_lightning.inhibition import MEmeL
 from memel_lightning.models import PolysemanticToy
@@ -141,7 +142,8 @@ class _Capture(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if step in self.kills and self.kills[step].sum() > 0:
-            self.seen.append((step, self.kills[step], *self.weights[step], dict(pl_module.last_kill_truth)))
+            # the step both the callback and the toy log this batch at
+            self.seen.append((log_step(trainer), self.kills[step], *self.weights[step], dict(pl_module.last_kill_truth)))
 
 
 def test_toy_logs_true_fkr_next_to_kill_concentration(tmp_path):
@@ -160,9 +162,10 @@ def test_toy_logs_true_fkr_next_to_kill_concentration(tmp_path):
     events = read_events(trainer.logger.log_dir)
     scalars = lambda tag: {e.step: e.value for e in events.Scalars(tag)}  # noqa: E731
     true_fkr, fkr = scalars("train_true_fkr"), scalars("memel/kill_concentration")
-    # recorded at batches 0, 3, 6 (global steps 1, 4, 7); no kills before the late start
-    assert sorted(fkr) == [1, 4, 7] and sorted(true_fkr) == [4, 7] and sorted(scalars("train_dead_kill_frac")) == [4, 7]
-    assert [s for s, *_ in capture.seen] == [4, 7]
+    # recorded on the trainer's steps (s + 1) % 3 == 0 (2, 5) and at the last batch (7);
+    # kills from the late start (batch 2) on
+    assert sorted(fkr) == [2, 5, 7] and sorted(true_fkr) == [2, 5, 7] and sorted(scalars("train_dead_kill_frac")) == [2, 5, 7]
+    assert [s for s, *_ in capture.seen] == [2, 5, 7]
     for step, kills, weight, bias, stored in capture.seen:
         alive, mono = _numpy_truth(weight.double().numpy(), bias.double().numpy())
         k = kills.double().numpy()

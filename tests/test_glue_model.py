@@ -213,9 +213,9 @@ def test_fit_rte_logs_memel_tags_metric_and_writes_submission(
     tags = set(read_events(logger.log_dir).Tags()["scalars"])
     for tap in model.memel_taps():
         for metric in ("selected_frac", "mono_ratio", "phi_mean", "phi_max", CONCENTRATION):
-            assert f"memel/{tap}/{metric}" in tags
+            assert f"memel/{callback.labels[tap]}/{metric}" in tags
     assert {"memel/mono_ratio", f"memel/{CONCENTRATION}", "train_loss", "val_loss", "val_acc", "val_score"} <= tags
-    selected = read_events(logger.log_dir).Scalars(f"memel/{model.memel_taps()[0]}/selected_frac")
+    selected = read_events(logger.log_dir).Scalars(f"memel/{callback.labels[model.memel_taps()[0]]}/selected_frac")
     assert any(e.value > 0 for e in selected)
 
     # The logged accuracy is sklearn's accuracy of the model's dev predictions.

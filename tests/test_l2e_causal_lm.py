@@ -103,12 +103,12 @@ def test_tiny_fit_with_each_selector_and_strategy(tmp_path, selector, strategy):
     for tap in lm.memel_taps():
         memel = cb.memel_for(tap)
         assert memel.moments.num_neurons == 4 * 64  # every MLP unit is a neuron, every token a sample
-        concentration = [e.value for e in events.Scalars(f"memel/{tap}/{CONCENTRATION}")]
+        concentration = [e.value for e in events.Scalars(f"memel/{cb.labels[tap]}/{CONCENTRATION}")]
         assert concentration and all(0.0 <= v <= 1.0 for v in concentration)
-        selected = [e.value for e in events.Scalars(f"memel/{tap}/selected_frac")]
+        selected = [e.value for e in events.Scalars(f"memel/{cb.labels[tap]}/selected_frac")]
         if selector != "threshold":
             assert max(selected) > 0
-        assert (f"memel/{tap}/reg_loss" in tags) == (strategy == "regularize")
+        assert (f"memel/{cb.labels[tap]}/reg_loss" in tags) == (strategy == "regularize")
     assert f"memel/{CONCENTRATION}" in tags and "memel/mono_ratio" in tags
 
 
@@ -153,7 +153,7 @@ def test_text_datamodule_fit_logs_l2e_tags(tmp_path):
     tags = scalar_tags(logger.log_dir)
     for tap in lm.memel_taps():
         for metric in (CONCENTRATION, "selected_frac", "mono_ratio", "reg_loss"):
-            assert f"memel/{tap}/{metric}" in tags
+            assert f"memel/{cb.labels[tap]}/{metric}" in tags
     assert {f"memel/{CONCENTRATION}", "memel/mono_ratio", "train_loss", "val_loss", "val_ppl"} <= set(tags)
     small = CausalLM("tiny", config_overrides={"vocab_size": 256})
     with pytest.raises(ValueError, match="vocab_size"):

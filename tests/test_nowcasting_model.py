@@ -10,6 +10,7 @@ from memel_lightning import MEmeL, MEmeLCallback
 from memel_lightning.data import HKO7DataModule
 from memel_lightning.models import Nowcaster
 from memel_lightning.models.convgru import ConvGRUCell
+from memel_lightning.monitoring import nowcast_frames_image
 from tests.tb_utils import read_events
 
 SMALL = dict(arch_kwargs=dict(conv_channels=(4, 8, 8), hidden_channels=(8, 8, 8)))
@@ -97,16 +98,18 @@ def test_training_with_memel_logs_the_six_taps(tmp_path):
         assert cb.memel_for(name).neuron_shape is not None and len(cb.memel_for(name).neuron_shape) == 3
     events = read_events(trainer.logger.log_dir)
     tags = set(events.Tags()["scalars"])
-    for name in taps:
-        assert {f"memel/{name}/selected_frac", f"memel/{name}/mono_ratio", f"memel/{name}/phi_max"} <= tags
+    assert list(cb.labels.values()) == ["encoder.0", "encoder.1", "encoder.2", "forecaster.0", "forecaster.1", "forecaster.2"]
+    for label in cb.labels.values():
+        assert {f"memel/{label}/selected_frac", f"memel/{label}/mono_ratio", f"memel/{label}/phi_max"} <= tags
     assert "memel/mono_ratio" in tags and "train_loss" in tags
     assert {"val_loss", "val_bmse", "val_bmae", "val_csi_0p5", "val_csi_30", "val_hss_2"} <= tags
     # inhibition started after the late start (2 batches)
-    last = [e.value for e in events.Scalars("memel/net.encoder.0.cell.candidate/selected_frac")]
+    last = [e.value for e in events.Scalars("memel/encoder.0/selected_frac")]
     assert last[0] == 0.0 and last[-1] > 0.0
     assert "val_frames" in events.Tags()["images"]
-    img = events.Images("val_frames")[-1]
-    assert (img.width, img.height) == (2 * (24 + 2) - 2, 2 * 24 + 2)
+    img = events.Images("val_frames")[-1]  # rows: 3 input frames, 2 observed, 2 predicted
+    height, width, _ = nowcast_frames_image(torch.zeros(3, 24, 24), torch.zeros(2, 24, 24), torch.zeros(2, 24, 24)).shape
+    assert (img.width, img.height) == (width, height)
 
 
 CONFIGS = ["convgru_hko7_memel", "convgru_synthetic_memel", "convgru_synthetic_baseline", "convgru_hko7_paper_baseline",

@@ -53,14 +53,15 @@ def test_quickstart_few_steps_tags_and_accuracy(tmp_path):
     tags = set(events.Tags()["scalars"])
     for tap in taps:
         for metric in ("selected_frac", "mono_ratio", "phi_mean", "phi_max", CONCENTRATION):
-            assert f"memel/{tap}/{metric}" in tags
-        assert f"memel/{tap}/phi" in events.Tags()["histograms"]
+            assert f"memel/{callback.labels[tap]}/{metric}" in tags  # blocks.0 .. blocks.3
+        assert f"memel/{callback.labels[tap]}/log10_phi" in events.Tags()["histograms"]
     assert {"memel/mono_ratio", f"memel/{CONCENTRATION}", "train_loss", "val_loss", "val_acc", "val_acc_top5", "lr"} <= tags
-    # batches 0 and 5 (logged at global steps 1 and 6) are in the late start (10 batches);
-    # at batch 10 top-1 inhibits one value per sample out of 4x4 tokens x 64 channels
-    frac = {e.step: e.value for e in events.Scalars(f"memel/{taps[1]}/selected_frac")}
-    assert sorted(frac) == [1, 6, 11]
-    assert frac[1] == 0.0 and frac[6] == 0.0
+    # logged on the trainer's steps (log_every_n_steps 5: batches 4, 9) and the last batch (11);
+    # batches 4 and 9 are in the late start (10 batches); from batch 10 top-1 inhibits one
+    # value per sample out of 4x4 tokens x 64 channels
+    frac = {e.step: e.value for e in events.Scalars(f"memel/{callback.labels[taps[1]]}/selected_frac")}
+    assert sorted(frac) == [4, 9, 11]
+    assert frac[4] == 0.0 and frac[9] == 0.0
     assert frac[11] == pytest.approx(1 / (4 * 4 * 64), rel=1e-6)
     # the logged val_acc / val_loss equal a direct computation on the first validation batch
     x, y = next(iter(data.val_dataloader()))

@@ -21,6 +21,7 @@ from ..metrics.nowcasting import (
     balancing_weights,
     threshold_name,
 )
+from ..monitoring import nowcast_frames_image
 from .convgru import build_arch
 
 Batch = dict[str, Tensor]
@@ -59,9 +60,10 @@ class Nowcaster(pl.LightningModule):
     over the output frames of the per-frame errors, :mod:`~memel_lightning.metrics.nowcasting`),
     and per threshold ``<split>_csi_<t>`` / ``<split>_hss_<t>`` (``t`` as ``0p5``, ``2``,
     ``5``, ``10``, ``30``), on predictions clipped to [0, 1]; test also logs the per-frame
-    errors ``test_bmse_f01`` ... ``test_bmae_f<T_out>``. Every validation epoch a grid of
-    observed (top row) and predicted (bottom row) frames of the first validation sequence
-    goes to TensorBoard as image ``val_frames`` (only with a ``TensorBoardLogger``).
+    errors ``test_bmse_f01`` ... ``test_bmae_f<T_out>``. Every validation epoch the first
+    validation sequence goes to TensorBoard as image ``val_frames`` (only with a
+    ``TensorBoardLogger``): three labelled rows, the input frames, the observation and the
+    prediction (:func:`~memel_lightning.monitoring.nowcast_frames_image`).
 
     MEmeL: :meth:`memel_taps` returns the six ConvGRU candidate states
     ``net.encoder.<i>.cell.candidate`` and ``net.forecaster.<i>.cell.candidate``; each is
@@ -120,7 +122,7 @@ class Nowcaster(pl.LightningModule):
         self.test_bmae = BalancedMAE(self.thresholds, self.weights, **per_frame)
         self.test_csi = CSI(self.thresholds, time_axis=time_axis, **zr)
         self.test_hss = HSS(self.thresholds, time_axis=time_axis, **zr)
-        self._image_sample: Optional[tuple[Tensor, Tensor]] = None
+        self._image_sample: Optional[tuple[Tensor, Tensor, Tensor]] = None
 
     def _load_net(self, path: str) -> None:
         """Copy the ``net.*`` weights of the Lightning checkpoint ``path`` into ``self.net``."""
@@ -217,7 +219,7 @@ class Nowcaster(pl.LightningModule):
         clipped = self._eval_step(batch, "val")
         if batch_idx == 0 and self.hparams.log_images:
             first = (lambda x: x[0]) if self.hparams.batch_first else (lambda x: x[:, 0])
-            self._image_sample = (first(batch["targets"]).detach().float().cpu(), first(clipped).cpu())
+            self._image_sample = tuple(first(x).detach().float().cpu() for x in (batch["inputs"], batch["targets"], clipped))
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
@@ -226,7 +228,8 @@ class Nowcaster(pl.LightningModule):
             return
         for logger in self.trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("val_frames", frame_grid(*sample), self.global_step, dataformats="CHW")
+                image = nowcast_frames_image(*sample)  # inputs, observation, prediction: labelled rows
+                logger.experiment.add_image("val_frames", image, self.global_step, dataformats="HWC")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
@@ -244,19 +247,3 @@ class Nowcaster(pl.LightningModule):
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=self.hparams.lr_step_size, gamma=self.hparams.lr_gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-
-def frame_grid(observed: Tensor, predicted: Tensor, pad: int = 2) -> Tensor:
-    """A ``(1, 2H + pad, T (W + pad) - pad)`` image: observed frames on the top row,
-    predicted ones below, time left to right. ``observed``/``predicted``: ``(T, 1, H, W)``.
-
-    Example:
-        >>> frame_grid(torch.zeros(3, 1, 4, 5), torch.ones(3, 1, 4, 5)).shape
-        torch.Size([1, 10, 19])
-    """
-    t, _, h, w = observed.shape
-    grid = torch.ones(1, 2 * h + pad, t * (w + pad) - pad)
-    for i in range(t):
-        x0 = i * (w + pad)
-        grid[:, :h, x0 : x0 + w] = observed[i, :1]
-        grid[:, h + pad :, x0 : x0 + w] = predicted[i, :1]
-    return grid.clamp(0.0, 1.0)

@@ -130,7 +130,8 @@ def timm_default_taps(model: nn.Module, prefix: str = "") -> list[str]:
 
 
 def gpt_neox_mlp_taps(num_layers: int, prefix: str = "model.") -> list[str]:
-    """Every GPT-NeoX layer's MLP activation (L2E inhibits all of them, docs/method.md §7).
+    """Every GPT-NeoX layer's MLP activation (``CausalLM(placement="all")``; L2E's preferred
+    placement is the two middle layers, ``placement="mid2"``, docs/l2e.md).
 
     Example:
         >>> gpt_neox_mlp_taps(2)

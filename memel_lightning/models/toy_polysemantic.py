@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from ..analysis.ground_truth import (
     NeuronTruth, feature_response, neuron_truth, phi_selection_quality, set_max_phi, true_kill_rates,
 )
+from ..callback import log_step
 
 
 class PolysemanticToy(pl.LightningModule):
@@ -124,8 +125,8 @@ class PolysemanticToy(pl.LightningModule):
         if math.isnan(rates["true_fkr"]) or not self.trainer.is_global_zero:
             return  # no kills this step (before the late start)
         values = {"train_true_fkr": rates["true_fkr"], "train_dead_kill_frac": rates["dead_kill_frac"]}
-        for logger in self.trainer.loggers:  # at the callback's step, not Lightning's log cadence
-            logger.log_metrics(values, step=self.trainer.global_step)
+        for logger in self.trainer.loggers:  # at the callback's step (also with its own cadence)
+            logger.log_metrics(values, step=log_step(self.trainer))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x = batch[0]
