@@ -5,6 +5,7 @@ import difflib
 import fnmatch
 from typing import Any, Callable, Optional, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from .memel import MEmeL
@@ -115,7 +116,9 @@ class TapSet:
                 "tap a module that returns a tensor or a tuple whose first element is one"
             )
 
-        return hook
+        # Under torch.compile the hook runs eagerly (one graph break per tap): compiled, its frame
+        # would be specialised on each tap's name and recompiled per tap up to dynamo's limit.
+        return torch.compiler.disable(hook)
 
     def remove(self) -> None:
         """Remove every hook: the model computes what it would without the taps."""
