@@ -162,9 +162,20 @@ def expand_configs(argv: Sequence[str], _seen: Optional[set[Path]] = None) -> li
     return out
 
 
+def _is_file(value: str) -> bool:
+    """Whether ``--config value`` names a file (jsonargparse also takes YAML text there, which
+    may be longer than a path can be: ``Path.is_file`` raises on those instead of saying no)."""
+    if "\n" in value or "{" in value:
+        return False
+    try:
+        return Path(value).is_file()
+    except OSError:  # e.g. ENAMETOOLONG
+        return False
+
+
 def _expand_one(value: str, seen: set[Path]) -> list[str]:
     path = Path(value)
-    data = _load_yaml(path) if path.is_file() else None
+    data = _load_yaml(path) if _is_file(value) else None
     if not isinstance(data, dict) or "extends" not in data:
         return ["--config", value]
     resolved = path.resolve()
